@@ -1,0 +1,194 @@
+"""Runtime configuration: one frozen `Settings` value, read once from the environment.
+
+`VARS` is the single table: each row names a field, its environment variable, its
+parser and its meaning. `Settings.from_env`, `Settings.describe` (README table,
+``--help`` epilog) and the tests all read it; the typed defaults are the dataclass
+field defaults, so nothing is written twice. An empty variable counts as unset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, NamedTuple
+
+
+class RegistrationPolicy(StrEnum):
+    """How the VTN answers a CreatePartyRegistration from an unknown VEN."""
+
+    OPEN = "open"
+    ALLOWLIST = "allowlist"
+    APPROVAL = "approval"
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def _int(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"not an integer: {raw!r}") from None
+
+
+def _seconds(raw: str) -> timedelta:
+    try:
+        return timedelta(seconds=float(raw))
+    except (ValueError, OverflowError):
+        raise ValueError(f"not a number of seconds: {raw!r}") from None
+
+
+def _bool(raw: str) -> bool:
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
+
+
+def _policy(raw: str) -> RegistrationPolicy:
+    try:
+        return RegistrationPolicy(raw.lower())
+    except ValueError:
+        choices = "|".join(RegistrationPolicy)
+        raise ValueError(f"expected {choices}, got {raw!r}") from None
+
+
+class Var(NamedTuple):
+    """One configuration variable: field name, environment variable, parser, meaning."""
+
+    name: str
+    env: str
+    parse: Callable[[str], Any]
+    meaning: str
+    shown_default: str | None = None  # when the typed default reads badly in docs
+
+
+VARS: tuple[Var, ...] = (
+    Var("data_dir", "ADRGATE_DATA_DIR", Path, "directory for the SQLite file and embedded Redis"),
+    Var("database_url", "DATABASE_URL", str, "SQLAlchemy URL; postgresql:// shares state",
+        "sqlite:///<data_dir>/adrgate.db"),
+    Var("redis_url", "REDIS_URL", str, "Redis URL; unset starts redis-server on <data_dir>/redis.sock",
+        "(embedded)"),
+    Var("host", "ADRGATE_HOST", str, "address the VTN listens on"),
+    Var("port", "ADRGATE_PORT", _int, "TCP port the VTN listens on (0 picks a free one)"),
+    Var("vtn_id", "ADRGATE_VTN_ID", str, "vtnID sent in every payload"),
+    Var("registration_policy", "ADRGATE_REGISTRATION", _policy,
+        "unknown VENs: open | allowlist | approval"),
+    Var("poll_freq", "ADRGATE_POLL_FREQ", _seconds, "oadrPoll interval offered to VENs, seconds"),
+    Var("max_body_bytes", "ADRGATE_MAX_BODY", _int, "largest accepted request body, bytes"),
+    Var("tls_cert", "ADRGATE_TLS_CERT", Path, "server certificate (PEM); all three TLS vars enable mutual TLS"),
+    Var("tls_key", "ADRGATE_TLS_KEY", Path, "server private key (PEM)"),
+    Var("tls_ca", "ADRGATE_TLS_CA", Path, "CA bundle that client certificates must chain to"),
+    Var("sign_cert", "ADRGATE_SIGN_CERT", Path, "certificate for XML signatures (PEM)"),
+    Var("sign_key", "ADRGATE_SIGN_KEY", Path, "private key for XML signatures (PEM)"),
+    Var("require_signatures", "ADRGATE_REQUIRE_SIGNATURES", _bool, "reject unsigned payloads"),
+    Var("api_token", "ADRGATE_API_TOKEN", str, "bearer token for the operator API; unset disables the check"),
+    Var("log_level", "ADRGATE_LOG_LEVEL", str.upper, "|".join(LOG_LEVELS)),
+)
+_ENV = {v.name: v.env for v in VARS}
+
+
+def _invalid(name: str, problem: str) -> ValueError:
+    return ValueError(f"{_ENV[name]}: {problem}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Validated configuration; build it with `Settings.from_env`.
+
+    Raises:
+        ValueError: an invalid value, naming its environment variable.
+    """
+
+    data_dir: Path = Path("data")
+    database_url: str = ""  # "" means SQLite inside data_dir, filled in by __post_init__
+    redis_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    vtn_id: str = "adrgate-vtn"
+    registration_policy: RegistrationPolicy = RegistrationPolicy.OPEN
+    poll_freq: timedelta = timedelta(seconds=10)
+    max_body_bytes: int = 1_048_576
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    sign_cert: Path | None = None
+    sign_key: Path | None = None
+    require_signatures: bool = False
+    api_token: str | None = field(default=None, repr=False)
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not self.database_url:
+            object.__setattr__(self, "database_url", f"sqlite:///{self.data_dir}/adrgate.db")
+        if not 0 <= self.port <= 65535:
+            raise _invalid("port", f"must be 0..65535, got {self.port}")
+        if self.poll_freq <= timedelta(0):
+            raise _invalid("poll_freq", "must be positive")
+        if self.max_body_bytes <= 0:
+            raise _invalid("max_body_bytes", "must be positive")
+        if not self.vtn_id:
+            raise _invalid("vtn_id", "must not be empty")
+        if self.log_level not in LOG_LEVELS:
+            raise _invalid("log_level", f"expected one of {'|'.join(LOG_LEVELS)}, got {self.log_level!r}")
+        _all_or_none(self, ("tls_cert", "tls_key", "tls_ca"))
+        _all_or_none(self, ("sign_cert", "sign_key"))
+        if self.require_signatures and self.sign_key is None:
+            raise _invalid("require_signatures",
+                           f"needs {_ENV['sign_cert']} and {_ENV['sign_key']}: peers that sign expect signed replies")
+
+    @property
+    def secure(self) -> bool:
+        """True when mutual TLS is configured (all three TLS files given)."""
+        return self.tls_cert is not None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
+        """Read every variable in `VARS` from `environ`; `overrides` (typed values) win.
+
+        Raises:
+            ValueError: a variable fails to parse or validate; the message names it.
+            TypeError: an override names no field.
+        """
+        values: dict[str, Any] = {}
+        for var in VARS:
+            raw = environ.get(var.env, "").strip()
+            if not raw:
+                continue
+            try:
+                values[var.name] = var.parse(raw)
+            except ValueError as exc:
+                raise ValueError(f"{var.env}: {exc}") from None
+        return cls(**(values | overrides))
+
+    @classmethod
+    def describe(cls) -> tuple[tuple[str, str, str, str], ...]:
+        """Rows of (field, environment variable, default, meaning) for docs and ``--help``."""
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        return tuple(
+            (v.name, v.env, v.shown_default or _shown(defaults[v.name]), v.meaning) for v in VARS
+        )
+
+
+def _shown(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, timedelta):
+        return f"{value.total_seconds():g}"
+    return str(value)
+
+
+def _all_or_none(settings: Settings, names: tuple[str, ...]) -> None:
+    given = [n for n in names if getattr(settings, n) is not None]
+    if given and len(given) != len(names):
+        missing = ", ".join(_ENV[n] for n in names if n not in given)
+        raise ValueError(f"{', '.join(_ENV[n] for n in given)} given without {missing}: set all or none")

@@ -1,0 +1,573 @@
+"""The VTN's durable state: SQLModel tables on SQLite (default) or PostgreSQL.
+
+Every public method is one transaction, so a failed request never leaves a half-written record.
+Typed records from `vtn.records` go in and out; rows never leave this module. Fast handler tests
+use the same store on an in-memory SQLite database, so there is one implementation to trust.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, Column, Engine, delete, func, update
+from sqlalchemy import DateTime as SaDateTime
+from sqlmodel import Field, Session, SQLModel, select
+
+from oadr.messages import (
+    Event, EventStatus, ItemBase, LoadControlState, OptType, ReportDescription, ResourceStatus,
+)
+from oadr.isotime import format_duration, parse_duration
+
+from .eventjson import event_from_json, event_to_json, targets_from_json, targets_to_json
+from .records import (
+    Delivery, EventRecord, MetadataReport, OptRecord, OutboxItem, OutboxKind, ReportRequestRecord,
+    ReportValue, VenRecord, VenStatus,
+)
+
+
+def _ts() -> Any:
+    return Field(default=None, sa_column=Column(SaDateTime(timezone=True), nullable=True))
+
+
+def _json(default: Any = None) -> Any:
+    return Field(default=default, sa_column=Column(JSON, nullable=True))
+
+
+def _utc(dt: datetime | None) -> datetime | None:
+    # SQLite returns naive datetimes; everything stored is UTC
+    if dt is None or dt.tzinfo is not None:
+        return dt
+    return dt.replace(tzinfo=timezone.utc)
+
+
+class VenRow(SQLModel, table=True):
+    __tablename__ = "ven"
+    ven_id: str = Field(primary_key=True)
+    ven_name: str = Field(index=True, unique=True)
+    status: str
+    registration_id: str | None = Field(default=None, index=True)
+    fingerprint: str | None = None
+    http_pull_model: bool = True
+    transport_address: str | None = None
+    xml_signature: bool = False
+    report_only: bool = False
+    profile_name: str = "2.0b"
+    party_id: str | None = None
+    programs: list[str] | None = _json()
+    groups: list[str] | None = _json()
+    resources: list[str] | None = _json()
+    created: datetime | None = _ts()
+    registered_at: datetime | None = _ts()
+
+
+class ProgramRow(SQLModel, table=True):
+    __tablename__ = "program"
+    market_context: str = Field(primary_key=True)
+    name: str
+    description: str = ""
+
+
+class EventRow(SQLModel, table=True):
+    __tablename__ = "event"
+    event_id: str = Field(primary_key=True)
+    modification_number: int
+    cancelled: bool = False
+    created: datetime | None = _ts()
+    modified: datetime | None = _ts()
+    modification_reason: str | None = None
+    body: dict[str, Any] | None = _json()
+
+
+class DeliveryRow(SQLModel, table=True):
+    __tablename__ = "delivery"
+    ven_id: str = Field(primary_key=True)
+    event_id: str = Field(primary_key=True, index=True)
+    delivered_mod: int = -1
+    delivered_at: datetime | None = _ts()
+    acked_mod: int = -1
+    opt_type: str | None = None
+    response_code: int | None = None
+    responded_at: datetime | None = _ts()
+    removed: bool = False
+    # a distribute is owed to this VEN (new modification not yet delivered or acknowledged)
+    due: bool = Field(default=True, index=True)
+
+
+class OutboxRow(SQLModel, table=True):
+    __tablename__ = "outbox"
+    id: int | None = Field(default=None, primary_key=True)
+    ven_id: str = Field(index=True)
+    kind: str
+    ref: str
+    created: datetime | None = _ts()
+    sent_at: datetime | None = _ts()
+    acked_at: datetime | None = _ts()
+
+
+class ReportMetaRow(SQLModel, table=True):
+    __tablename__ = "report_metadata"
+    ven_id: str = Field(primary_key=True)
+    report_specifier_id: str = Field(primary_key=True)
+    report_name: str
+    descriptions: list[dict[str, Any]] | None = _json()
+
+
+class ReportRequestRow(SQLModel, table=True):
+    __tablename__ = "report_request"
+    report_request_id: str = Field(primary_key=True)
+    ven_id: str = Field(index=True)
+    report_specifier_id: str
+    report_name: str
+    granularity_s: int
+    report_back_s: int
+    r_ids: list[str] | None = _json()
+    status: str = "requested"
+    via: str = "registered"
+    created: datetime | None = _ts()
+
+
+class ReportValueRow(SQLModel, table=True):
+    __tablename__ = "report_value"
+    id: int | None = Field(default=None, primary_key=True)
+    ven_id: str = Field(index=True)
+    report_request_id: str
+    report_specifier_id: str
+    report_name: str
+    r_id: str
+    resource_id: str | None = None
+    dtstart: datetime | None = _ts()
+    duration_s: float | None = None
+    value: float | None = None
+    online: bool | None = None
+    manual_override: bool | None = None
+    load_control: dict[str, Any] | None = _json()
+
+
+class OptRow(SQLModel, table=True):
+    __tablename__ = "opt"
+    ven_id: str = Field(primary_key=True)
+    opt_id: str = Field(primary_key=True)
+    opt_type: str
+    opt_reason: str
+    created: datetime | None = _ts()
+    market_context: str | None = None
+    event_id: str | None = None
+    modification_number: int | None = None
+    availability: list[list[Any]] | None = _json()
+    targets: dict[str, Any] | None = _json()
+    cancelled_at: datetime | None = _ts()
+
+
+# --- row <-> record ---------------------------------------------------------------------
+
+def _ven(row: VenRow) -> VenRecord:
+    return VenRecord(
+        ven_id=row.ven_id, ven_name=row.ven_name, status=VenStatus(row.status),
+        registration_id=row.registration_id, fingerprint=row.fingerprint,
+        http_pull_model=row.http_pull_model, transport_address=row.transport_address,
+        xml_signature=row.xml_signature, report_only=row.report_only,
+        profile_name=row.profile_name, party_id=row.party_id,
+        programs=tuple(row.programs or ()), groups=tuple(row.groups or ()),
+        resources=tuple(row.resources or ()), created=_utc(row.created),
+        registered_at=_utc(row.registered_at),
+    )
+
+
+def _event(row: EventRow) -> EventRecord:
+    ev = event_from_json(
+        row.body or {}, event_id=row.event_id, created=_utc(row.created) or datetime.now(timezone.utc),
+        modification_number=row.modification_number,
+        status=EventStatus.CANCELLED if row.cancelled else EventStatus.FAR,
+        modification_reason=row.modification_reason, modified=_utc(row.modified),
+    )
+    return EventRecord(event=ev, cancelled=row.cancelled)
+
+
+def _delivery(row: DeliveryRow) -> Delivery:
+    return Delivery(
+        ven_id=row.ven_id, event_id=row.event_id, delivered_mod=row.delivered_mod,
+        delivered_at=_utc(row.delivered_at), acked_mod=row.acked_mod,
+        opt_type=OptType(row.opt_type) if row.opt_type else None,
+        response_code=row.response_code, responded_at=_utc(row.responded_at),
+        removed=row.removed,
+    )
+
+
+def _outbox(row: OutboxRow) -> OutboxItem:
+    assert row.id is not None
+    return OutboxItem(id=row.id, ven_id=row.ven_id, kind=OutboxKind(row.kind), ref=row.ref,
+                      created=_utc(row.created) or datetime.min.replace(tzinfo=timezone.utc),
+                      sent_at=_utc(row.sent_at), acked_at=_utc(row.acked_at))
+
+
+def _request(row: ReportRequestRow) -> ReportRequestRecord:
+    return ReportRequestRecord(
+        report_request_id=row.report_request_id, ven_id=row.ven_id,
+        report_specifier_id=row.report_specifier_id, report_name=row.report_name,
+        granularity_s=row.granularity_s, report_back_s=row.report_back_s,
+        r_ids=tuple(row.r_ids or ()), status=row.status, via=row.via, created=_utc(row.created),
+    )
+
+
+def _description_to_json(d: ReportDescription) -> dict[str, Any]:
+    out = dataclasses.asdict(d)
+    for key in ("min_period", "max_period"):
+        out[key] = None if out[key] is None else format_duration(out[key])
+    return out
+
+
+def _description_from_json(d: dict[str, Any]) -> ReportDescription:
+    item = d.get("item_base")
+    return ReportDescription(
+        r_id=d["r_id"], report_type=d["report_type"], reading_type=d["reading_type"],
+        resource_id=d.get("resource_id"), market_context=d.get("market_context"),
+        item_base=ItemBase(**item) if item else None,
+        min_period=parse_duration(d["min_period"]) if d.get("min_period") else None,
+        max_period=parse_duration(d["max_period"]) if d.get("max_period") else None,
+        on_change=bool(d.get("on_change")),
+    )
+
+
+def _value(row: ReportValueRow) -> ReportValue:
+    status = None
+    if row.online is not None:
+        lc = row.load_control
+        status = ResourceStatus(online=row.online, manual_override=bool(row.manual_override),
+                                load_control=LoadControlState(**lc) if lc else None)
+    return ReportValue(
+        ven_id=row.ven_id, report_request_id=row.report_request_id,
+        report_specifier_id=row.report_specifier_id, r_id=row.r_id,
+        report_name=row.report_name, dtstart=_utc(row.dtstart) or datetime.min,
+        duration_s=row.duration_s, resource_id=row.resource_id, value=row.value, status=status,
+    )
+
+
+def _opt(row: OptRow) -> OptRecord:
+    return OptRecord(
+        opt_id=row.opt_id, ven_id=row.ven_id, opt_type=OptType(row.opt_type),
+        opt_reason=row.opt_reason, created=_utc(row.created) or datetime.min,
+        market_context=row.market_context, event_id=row.event_id,
+        modification_number=row.modification_number,
+        availability=tuple((_utc(datetime.fromisoformat(a)), float(s))  # type: ignore[misc]
+                           for a, s in (row.availability or ())),
+        targets=targets_from_json(row.targets or {}), cancelled_at=_utc(row.cancelled_at),
+    )
+
+
+class VtnStore:
+    """All VTN state. Methods are synchronous, short, and each runs in one transaction."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def create_schema(self) -> None:
+        SQLModel.metadata.create_all(self.engine)
+
+    @contextmanager
+    def _tx(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            with session.begin():
+                yield session
+
+    # --- VENs ---------------------------------------------------------------------------
+
+    def get_ven(self, ven_id: str) -> VenRecord | None:
+        with Session(self.engine) as s:
+            row = s.get(VenRow, ven_id)
+            return _ven(row) if row else None
+
+    def ven_by_name(self, ven_name: str) -> VenRecord | None:
+        with Session(self.engine) as s:
+            row = s.exec(select(VenRow).where(VenRow.ven_name == ven_name)).first()
+            return _ven(row) if row else None
+
+    def ven_by_registration(self, registration_id: str) -> VenRecord | None:
+        with Session(self.engine) as s:
+            row = s.exec(select(VenRow).where(VenRow.registration_id == registration_id)).first()
+            return _ven(row) if row else None
+
+    def ven_by_fingerprint(self, fingerprint: str) -> VenRecord | None:
+        with Session(self.engine) as s:
+            row = s.exec(select(VenRow).where(VenRow.fingerprint == fingerprint)).first()
+            return _ven(row) if row else None
+
+    def list_vens(self) -> list[VenRecord]:
+        with Session(self.engine) as s:
+            return [_ven(r) for r in s.exec(select(VenRow).order_by(VenRow.ven_name))]
+
+    def save_ven(self, ven: VenRecord) -> VenRecord:
+        """Insert or replace a VEN record."""
+        data = dataclasses.asdict(ven)
+        data["status"] = str(ven.status)
+        for key in ("programs", "groups", "resources"):
+            data[key] = list(data[key])
+        with self._tx() as s:
+            row = s.get(VenRow, ven.ven_id)
+            if row is None:
+                s.add(VenRow(**data))
+            else:
+                for key, value in data.items():
+                    setattr(row, key, value)
+        return ven
+
+    def delete_ven(self, ven_id: str) -> bool:
+        with self._tx() as s:
+            row = s.get(VenRow, ven_id)
+            if row is None:
+                return False
+            s.delete(row)
+            s.execute(delete(DeliveryRow).where(DeliveryRow.ven_id == ven_id))
+            s.execute(delete(OutboxRow).where(OutboxRow.ven_id == ven_id))
+            return True
+
+    # --- programs -----------------------------------------------------------------------
+
+    def save_program(self, market_context: str, name: str, description: str = "") -> None:
+        with self._tx() as s:
+            s.merge(ProgramRow(market_context=market_context, name=name, description=description))
+
+    def list_programs(self) -> list[tuple[str, str, str]]:
+        with Session(self.engine) as s:
+            return [(r.market_context, r.name, r.description)
+                    for r in s.exec(select(ProgramRow).order_by(ProgramRow.name))]
+
+    # --- events and deliveries ----------------------------------------------------------
+
+    def save_event(self, ev: Event, audience: Sequence[str], *, cancelled: bool = False) -> None:
+        """Store a new or modified event and make its delivery due to every VEN in `audience`.
+
+        VENs that had the event but are no longer in the audience get one more distribute
+        without it (implicit cancellation).
+        """
+        body = event_to_json(ev)
+        wanted = set(audience)
+        with self._tx() as s:
+            row = s.get(EventRow, ev.event_id)
+            if row is None:
+                row = EventRow(event_id=ev.event_id, modification_number=0, created=ev.created)
+                s.add(row)
+            row.modification_number = ev.modification_number
+            row.cancelled = cancelled
+            row.modified = ev.modification_date_time
+            row.modification_reason = ev.modification_reason
+            row.body = body
+            existing = {d.ven_id: d for d in s.exec(
+                select(DeliveryRow).where(DeliveryRow.event_id == ev.event_id))}
+            for ven_id in wanted:
+                d = existing.get(ven_id)
+                if d is None:
+                    s.add(DeliveryRow(ven_id=ven_id, event_id=ev.event_id))
+                else:
+                    d.removed = False
+                    d.due = True
+            for ven_id, d in existing.items():
+                if ven_id not in wanted and not d.removed:
+                    d.removed = True
+                    d.due = True
+
+    def get_event(self, event_id: str) -> EventRecord | None:
+        with Session(self.engine) as s:
+            row = s.get(EventRow, event_id)
+            return _event(row) if row else None
+
+    def list_events(self) -> list[EventRecord]:
+        with Session(self.engine) as s:
+            return [_event(r) for r in s.exec(select(EventRow).order_by(EventRow.created))]
+
+    def deliveries_for_event(self, event_id: str) -> list[Delivery]:
+        with Session(self.engine) as s:
+            return [_delivery(r) for r in s.exec(
+                select(DeliveryRow).where(DeliveryRow.event_id == event_id)
+                .order_by(DeliveryRow.ven_id))]
+
+    def has_due_delivery(self, ven_id: str) -> bool:
+        with Session(self.engine) as s:
+            return s.exec(select(DeliveryRow.event_id).where(
+                DeliveryRow.ven_id == ven_id, DeliveryRow.due == True)  # noqa: E712
+                .limit(1)).first() is not None
+
+    def ven_events(self, ven_id: str) -> list[tuple[Delivery, EventRecord]]:
+        """The VEN's open deliveries (not removed) with their events."""
+        with Session(self.engine) as s:
+            rows = s.exec(select(DeliveryRow, EventRow).join(
+                EventRow, EventRow.event_id == DeliveryRow.event_id).where(
+                DeliveryRow.ven_id == ven_id, DeliveryRow.removed == False))  # noqa: E712
+            return [(_delivery(d), _event(e)) for d, e in rows]
+
+    def mark_distributed(self, ven_id: str, sent: Sequence[tuple[str, int, bool]],
+                         now: datetime) -> None:
+        """Record a distribute sent to `ven_id`: (event_id, modificationNumber, needs_ack).
+
+        Rows marked removed are closed: the distribute that omitted them has been sent.
+        """
+        with self._tx() as s:
+            for event_id, mod, needs_ack in sent:
+                row = s.get(DeliveryRow, (ven_id, event_id))
+                if row is None:
+                    continue
+                row.delivered_mod = mod
+                row.delivered_at = now
+                row.due = needs_ack and row.acked_mod < mod
+            s.execute(delete(DeliveryRow).where(
+                DeliveryRow.ven_id == ven_id, DeliveryRow.removed == True))  # noqa: E712
+
+    def record_event_response(self, ven_id: str, event_id: str, mod: int, opt: OptType,
+                              code: int, now: datetime) -> Delivery | None:
+        """Record a VEN's oadrCreatedEvent answer; None if the event is not the VEN's."""
+        with self._tx() as s:
+            row = s.get(DeliveryRow, (ven_id, event_id))
+            if row is None or row.removed:
+                return None
+            ev = s.get(EventRow, event_id)
+            current = ev.modification_number if ev else mod
+            row.acked_mod = max(row.acked_mod, mod)
+            row.opt_type = str(opt)
+            row.response_code = code
+            row.responded_at = now
+            if row.acked_mod >= current and row.delivered_mod >= current:
+                row.due = False
+            return _delivery(row)
+
+    def close_finished(self, ven_id: str, event_ids: Sequence[str]) -> None:
+        """Stop tracking events that are over for this VEN (completed, or cancelled and acked)."""
+        if not event_ids:
+            return
+        with self._tx() as s:
+            s.execute(update(DeliveryRow).where(
+                DeliveryRow.ven_id == ven_id, DeliveryRow.event_id.in_(event_ids))  # type: ignore[attr-defined]
+                .values(removed=True, due=False))
+
+    # --- outbox -------------------------------------------------------------------------
+
+    def enqueue(self, ven_id: str, kind: OutboxKind, ref: str, now: datetime) -> OutboxItem:
+        with self._tx() as s:
+            row = OutboxRow(ven_id=ven_id, kind=str(kind), ref=ref, created=now)
+            s.add(row)
+            s.flush()
+            return _outbox(row)
+
+    def next_outbox(self, ven_id: str, resend_before: datetime) -> OutboxItem | None:
+        """The oldest unacknowledged item never sent, or sent before `resend_before`."""
+        with Session(self.engine) as s:
+            rows = s.exec(select(OutboxRow).where(
+                OutboxRow.ven_id == ven_id, OutboxRow.acked_at == None)  # noqa: E711
+                .order_by(OutboxRow.id))
+            for row in rows:
+                sent = _utc(row.sent_at)
+                if sent is None or sent < resend_before:
+                    return _outbox(row)
+            return None
+
+    def mark_sent(self, item_id: int, now: datetime) -> None:
+        with self._tx() as s:
+            s.execute(update(OutboxRow).where(OutboxRow.id == item_id).values(sent_at=now))
+
+    def ack_outbox(self, ven_id: str, kind: OutboxKind, now: datetime,
+                   ref: str | None = None) -> int:
+        """Acknowledge the VEN's pending items of `kind` (and `ref` if given); returns count."""
+        with self._tx() as s:
+            q = update(OutboxRow).where(OutboxRow.ven_id == ven_id, OutboxRow.kind == str(kind),
+                                        OutboxRow.acked_at == None)  # noqa: E711
+            if ref is not None:
+                q = q.where(OutboxRow.ref == ref)
+            return s.execute(q.values(acked_at=now)).rowcount  # type: ignore[attr-defined]
+
+    def pending_outbox(self, ven_id: str) -> list[OutboxItem]:
+        with Session(self.engine) as s:
+            return [_outbox(r) for r in s.exec(select(OutboxRow).where(
+                OutboxRow.ven_id == ven_id, OutboxRow.acked_at == None)  # noqa: E711
+                .order_by(OutboxRow.id))]
+
+    # --- reports ------------------------------------------------------------------------
+
+    def save_metadata(self, reports: Sequence[MetadataReport]) -> None:
+        with self._tx() as s:
+            for rep in reports:
+                s.merge(ReportMetaRow(
+                    ven_id=rep.ven_id, report_specifier_id=rep.report_specifier_id,
+                    report_name=rep.report_name,
+                    descriptions=[_description_to_json(d) for d in rep.descriptions]))
+
+    def metadata(self, ven_id: str) -> list[MetadataReport]:
+        with Session(self.engine) as s:
+            return [MetadataReport(
+                ven_id=r.ven_id, report_specifier_id=r.report_specifier_id,
+                report_name=r.report_name,
+                descriptions=tuple(_description_from_json(d) for d in r.descriptions or ()))
+                for r in s.exec(select(ReportMetaRow).where(ReportMetaRow.ven_id == ven_id))]
+
+    def save_report_requests(self, requests: Sequence[ReportRequestRecord]) -> None:
+        with self._tx() as s:
+            for rq in requests:
+                data = dataclasses.asdict(rq)
+                data["r_ids"] = list(rq.r_ids)
+                s.merge(ReportRequestRow(**data))
+
+    def report_requests(self, ven_id: str) -> list[ReportRequestRecord]:
+        with Session(self.engine) as s:
+            return [_request(r) for r in s.exec(select(ReportRequestRow).where(
+                ReportRequestRow.ven_id == ven_id).order_by(ReportRequestRow.created))]
+
+    def get_report_request(self, report_request_id: str) -> ReportRequestRecord | None:
+        with Session(self.engine) as s:
+            row = s.get(ReportRequestRow, report_request_id)
+            return _request(row) if row else None
+
+    def set_report_request_status(self, ids: Sequence[str], status: str) -> None:
+        with self._tx() as s:
+            s.execute(update(ReportRequestRow).where(
+                ReportRequestRow.report_request_id.in_(ids))  # type: ignore[attr-defined]
+                .values(status=status))
+
+    def add_report_values(self, values: Sequence[ReportValue]) -> None:
+        with self._tx() as s:
+            for v in values:
+                st = v.status
+                s.add(ReportValueRow(
+                    ven_id=v.ven_id, report_request_id=v.report_request_id,
+                    report_specifier_id=v.report_specifier_id, report_name=v.report_name,
+                    r_id=v.r_id, resource_id=v.resource_id, dtstart=v.dtstart,
+                    duration_s=v.duration_s, value=v.value,
+                    online=st.online if st else None,
+                    manual_override=st.manual_override if st else None,
+                    load_control=dataclasses.asdict(st.load_control)
+                    if st and st.load_control else None))
+
+    def report_values(self, ven_id: str, limit: int = 1000) -> list[ReportValue]:
+        with Session(self.engine) as s:
+            return [_value(r) for r in s.exec(select(ReportValueRow).where(
+                ReportValueRow.ven_id == ven_id).order_by(ReportValueRow.id.desc())  # type: ignore[union-attr]
+                .limit(limit))]
+
+    def count_report_values(self, ven_id: str) -> int:
+        with Session(self.engine) as s:
+            return s.exec(select(func.count()).select_from(ReportValueRow).where(
+                ReportValueRow.ven_id == ven_id)).one()
+
+    # --- opts ---------------------------------------------------------------------------
+
+    def save_opt(self, opt: OptRecord) -> None:
+        with self._tx() as s:
+            s.merge(OptRow(
+                ven_id=opt.ven_id, opt_id=opt.opt_id, opt_type=str(opt.opt_type),
+                opt_reason=opt.opt_reason, created=opt.created,
+                market_context=opt.market_context, event_id=opt.event_id,
+                modification_number=opt.modification_number,
+                availability=[[a.isoformat(), s_] for a, s_ in opt.availability],
+                targets=targets_to_json(opt.targets), cancelled_at=opt.cancelled_at))
+
+    def get_opt(self, ven_id: str, opt_id: str) -> OptRecord | None:
+        with Session(self.engine) as s:
+            row = s.get(OptRow, (ven_id, opt_id))
+            return _opt(row) if row else None
+
+    def list_opts(self, ven_id: str | None = None) -> list[OptRecord]:
+        with Session(self.engine) as s:
+            q = select(OptRow).order_by(OptRow.created)
+            if ven_id is not None:
+                q = q.where(OptRow.ven_id == ven_id)
+            return [_opt(r) for r in s.exec(q)]
