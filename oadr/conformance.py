@@ -2,37 +2,37 @@
 
 Rules of this file:
 - `check(xml, now=...)` validates the whole oadrPayload against the 2.0b XSD (`schema.XSD`), then
-  applies the rules of the payload found in `oadrSignedObject`, chosen through one table
-  (`CHECKERS`). `assert_conformant` is the same check for tests and for the VTN before it accepts
-  an operator event.
-- Only rules that can be decided on one message live here (the certification harness rules of
-  2.0b Profile Specification, conformance rules of section 8, summarised in domain.md
-  section 2). Rules spanning messages (every far/near/active event in every
+  applies the rules of the payload inside `oadrSignedObject`, chosen through one table
+  (`CHECKERS`). `assert_conformant` is the same check for tests, and for the VTN before it
+  accepts an event from the operator API.
+- Only rules decidable on one message live here: the certification harness checks beyond the
+  XSD (domain.md section 2). Rules across messages (every far/near/active event in every
   distribute, no overlapping events in one market context, registrationID matching the active
-  registration, granularity versus the metadata minimum period, push VENs giving a transport
-  address) belong to the state layer.
+  registration, granularity versus the metadata minimum period, transport address of push
+  VENs) belong to the state layer. "CR n" marks the Profile Specification's conformance rule
+  numbers as openleadr's preflight cites them; other checks cite the harness rule.
 - Each rule has a short stable id (`Violation.rule`); callers and tests match on the id, never on
   the message text, which names the element, eventID, signal or report.
-- A value that cannot be read (duration, date-time, number) is reported once under "format" and
-  the checks needing it are skipped: one defect, one violation. Checks never raise on a
-  malformed tree; the XSD reports structure.
+- A value that cannot be read (duration, date-time, number) is reported once, under "format"
+  unless the rule is about that very value, and the checks needing it are skipped. Checks
+  never raise on a malformed tree: the XSD reports structure.
 - The clock is a parameter (`now`, timezone-aware); no I/O, no `datetime.now()`.
-- Durations are xcal/ISO 8601 (`PT1H`, `P1DT30M`, `P1W`); years and months have no fixed length
-  and are refused. Date-times are xs:dateTime; a date-time without offset is read as UTC.
+- Date-times and durations are read by `oadr.isotime` (lenient, as for peers), except that a
+  duration with no component at all (`P`, `PT`) is flagged: we write `PT0S`.
 """
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Final
+from typing import Final, TypeVar
 
 from lxml import etree
 
-from .errors import MalformedMessage
+from .errors import InvalidData, MalformedMessage
+from .isotime import parse_datetime, parse_duration
 from .schema import EI, NSMAP, OADR, POWER, PYLD, STRM, parse_xml, schema_errors
 
 
@@ -44,46 +44,18 @@ class Violation:
 
 # --- readers ------------------------------------------------------------------------------
 
-_DURATION: Final = re.compile(
-    r"(?P<sign>[+-])?P(?:(?P<Y>\d+)Y)?(?:(?P<M>\d+)M)?(?:(?P<W>\d+)W)?(?:(?P<D>\d+)D)?"
-    r"(?:T(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?"
-)
+T = TypeVar("T")
 
 
-def _parse_duration(text: str) -> timedelta:
-    """Parse an xcal duration (RFC 5545 / ISO 8601) such as `PT1H`, `-PT5M`, `P1DT2H`, `P2W`.
-
-    Raises:
-        ValueError: not a duration, no component at all (`P`, `PT`), or a non-zero year or month.
-    """
-    text = text.strip()
-    m = _DURATION.fullmatch(text)
-    if m is None or text.endswith("T") or not any(m.group(k) for k in "YMWDhms"):
-        raise ValueError(f"not an ISO 8601 duration: {text!r}")
-    if int(m.group("Y") or 0) or int(m.group("M") or 0):
-        raise ValueError(f"years and months have no fixed length: {text!r}")
-    value = timedelta(weeks=int(m.group("W") or 0), days=int(m.group("D") or 0),
-                      hours=int(m.group("h") or 0), minutes=int(m.group("m") or 0),
-                      seconds=float(m.group("s") or 0))
-    return -value if m.group("sign") == "-" else value
-
-
-def _parse_datetime(text: str) -> datetime:
-    """Parse an xs:dateTime (`2026-11-27T10:00:00Z`, `+00:00`, fractional seconds) to aware UTC.
-
-    Raises:
-        ValueError: not a date-time.
-    """
-    value = datetime.fromisoformat(text.strip())
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+def _duration(text: str) -> timedelta:
+    # isotime reads `P` and `PT` alone as zero (openleadr writes them); we emit `PT0S`.
+    if not any(c.isdigit() for c in text):
+        raise InvalidData(f"duration {text!r} has no component (write PT0S)")
+    return parse_duration(text)
 
 
 def _x(el: etree._Element | None, path: str) -> list[etree._Element]:
-    if el is None:
-        return []
-    found = el.xpath(path, namespaces=NSMAP)
+    found = [] if el is None else el.xpath(path, namespaces=NSMAP)
     return [e for e in found if isinstance(e, etree._Element)] if isinstance(found, list) else []
 
 
@@ -97,50 +69,36 @@ def _text(el: etree._Element | None, path: str) -> str | None:
     return None if found is None else (found.text or "").strip()
 
 
+def _tags(ns: str, *names: str) -> frozenset[str]:
+    return frozenset(f"{{{ns}}}{n}" for n in names)
+
+
 def _dupes(values: Iterable[str | None]) -> list[str]:
     return sorted(v for v, n in Counter(v for v in values if v is not None).items() if n > 1)
 
 
 @dataclass(slots=True)
 class _Out:
-    """Collects violations; the readers record a "format" violation and return None."""
+    """Collects violations; `read` records an unreadable value under `rule` and returns None."""
 
     violations: list[Violation] = field(default_factory=list)
 
     def add(self, rule: str, message: str) -> None:
         self.violations.append(Violation(rule, message))
 
-    def duration(self, el: etree._Element | None, what: str,
-                 rule: str = "format") -> timedelta | None:
+    def read(self, el: etree._Element | None, what: str, parse: Callable[[str], T],
+             rule: str = "format") -> T | None:
         if el is None:
             return None
         try:
-            return _parse_duration(el.text or "")
-        except ValueError as exc:
+            return parse(el.text or "")
+        except (InvalidData, ValueError) as exc:  # float() raises ValueError
             self.add(rule, f"{what}: {exc}")
-            return None
-
-    def datetime(self, el: etree._Element | None, what: str) -> datetime | None:
-        if el is None:
-            return None
-        try:
-            return _parse_datetime(el.text or "")
-        except ValueError:
-            self.add("format", f"{what}: not a date-time: {el.text!r}")
-            return None
-
-    def number(self, el: etree._Element | None, what: str) -> float | None:
-        if el is None:
-            return None
-        try:
-            return float(el.text or "")
-        except ValueError:
-            self.add("format", f"{what}: not a number: {el.text!r}")
             return None
 
     def created_near(self, el: etree._Element | None, now: datetime, limit: timedelta,
                      rule: str, what: str) -> None:
-        created = self.datetime(el, what)
+        created = self.read(el, what, parse_datetime)
         if created is not None and abs(created - now) > limit:
             self.add(rule, f"{what} {created.isoformat()} is more than {limit} from now "
                            f"({now.isoformat()})")
@@ -167,12 +125,9 @@ def _request_ids(root: etree._Element, out: _Out) -> None:
 
 _STATUSES: Final = frozenset({"none", "far", "near", "active", "completed", "cancelled"})
 _SIMPLE_LEVELS: Final = frozenset({0.0, 1.0, 2.0, 3.0})
-_CURRENCY: Final = frozenset(f"{{{OADR}}}{n}" for n in
-                             ("currency", "currencyPerKWh", "currencyPerKW", "currencyPerThm"))
-_POWER_ITEMS: Final = frozenset(f"{{{POWER}}}{n}" for n in
-                                ("powerReal", "powerApparent", "powerReactive", "powerItem"))
-_ENERGY_ITEMS: Final = frozenset(f"{{{POWER}}}{n}" for n in
-                                 ("energyReal", "energyApparent", "energyReactive", "energyItem"))
+_CURRENCY: Final = _tags(OADR, "currency", "currencyPerKWh", "currencyPerKW", "currencyPerThm")
+_POWER_ITEMS: Final = _tags(POWER, "powerReal", "powerApparent", "powerReactive", "powerItem")
+_ENERGY_ITEMS: Final = _tags(POWER, "energyReal", "energyApparent", "energyReactive", "energyItem")
 _PRICES: Final = frozenset({"price", "priceRelative", "priceMultiplier"})
 
 
@@ -183,8 +138,8 @@ class _SignalRule:
     unit_required: frozenset[str] = frozenset()   # signalTypes that must carry a unit
 
 
-# Profile spec section 8.1, table "signalName / signalType / units" (harness: signalType and
-# units valid for the signalName). Names outside the table (x-...) are not checked.
+# The Profile Specification's signal table (harness: signalType and units valid for the
+# signalName). Names outside it (x-...) are not checked.
 SIGNAL_RULES: Final[dict[str, _SignalRule]] = {
     "SIMPLE": _SignalRule(frozenset({"level"})),
     "ELECTRICITY_PRICE": _SignalRule(_PRICES, _CURRENCY, frozenset({"price"})),
@@ -200,9 +155,8 @@ SIGNAL_RULES: Final[dict[str, _SignalRule]] = {
         "x-loadControlCapacity", "x-loadControlLevelOffset", "x-loadControlPercentOffset",
         "x-loadControlSetpoint"})),
 }
-_SIGNAL_PARTS: Final = frozenset(f"{{{EI}}}{n}" for n in (
-    "eiTarget", "signalName", "signalType", "signalID", "currentValue")) | {
-    f"{{{STRM}}}intervals"}
+_SIGNAL_PARTS: Final = _tags(EI, "eiTarget", "signalName", "signalType", "signalID",
+                             "currentValue") | _tags(STRM, "intervals")
 
 
 def _distribute_event(payload: etree._Element, now: datetime, out: _Out) -> None:
@@ -218,13 +172,16 @@ def _distribute_event(payload: etree._Element, now: datetime, out: _Out) -> None
                                     f"{'|'.join(sorted(_STATUSES))}")
         # Harness: createdDateTime within 5 minutes of the harness clock.
         out.created_near(_first(event, "ei:eventDescriptor/ei:createdDateTime"), now,
-                         timedelta(minutes=5), "event.created", f"{where} createdDateTime")
+                         timedelta(minutes=5), "event.created-date-time",
+                         f"{where} createdDateTime")
         props = _first(event, "ei:eiActivePeriod/xcal:properties")
-        start = out.datetime(_first(props, "xcal:dtstart/xcal:date-time"), f"{where} dtstart")
-        total = out.duration(_first(props, "xcal:duration/xcal:duration"), f"{where} duration")
+        start = out.read(_first(props, "xcal:dtstart/xcal:date-time"), f"{where} dtstart",
+                         parse_datetime)
+        total = out.read(_first(props, "xcal:duration/xcal:duration"), f"{where} duration",
+                         _duration)
         # x-eiNotification precedes the event: a non-negative duration.
-        notice = out.duration(_first(props, "ei:x-eiNotification/xcal:duration"),
-                              f"{where} x-eiNotification", rule="event.notification")
+        notice = out.read(_first(props, "ei:x-eiNotification/xcal:duration"),
+                          f"{where} x-eiNotification", _duration, rule="event.notification")
         if notice is not None and notice < timedelta(0):
             out.add("event.notification", f"{where}: x-eiNotification is negative")
         for target in _x(event, ".//ei:eiTarget"):
@@ -257,8 +214,8 @@ def _signals(event: etree._Element, where: str, status: str, start: datetime | N
             if span != total:
                 out.add("event.duration-sum",
                         f"{here}: intervals last {span}, the active period {total}")
-        current_el = _first(signal, "ei:currentValue/ei:payloadFloat/ei:value")
-        current = out.number(current_el, f"{here} currentValue")
+        current = out.read(_first(signal, "ei:currentValue/ei:payloadFloat/ei:value"),
+                           f"{here} currentValue", float)
         # Profile CR 9: SIMPLE payloads (and so the current value) are levels 0..3.
         if name.upper() == "SIMPLE":
             for v in [*values, current]:
@@ -317,11 +274,11 @@ def _intervals(intervals: list[etree._Element], here: str,
         duration_el = _first(interval, "xcal:duration/xcal:duration")
         if duration_el is None:
             out.add("event.duration-sum", f"{at} has no duration")
-        durations.append(out.duration(duration_el, f"{at} duration"))
+        durations.append(out.read(duration_el, f"{at} duration", _duration))
         floats = _x(interval, "ei:signalPayload/ei:payloadFloat/ei:value")
         if len(floats) != 1:  # harness: exactly one payloadFloat per interval
             out.add("event.payload-count", f"{at} has {len(floats)} payloadFloat values")
-        values.append(out.number(floats[0], f"{at} payload") if len(floats) == 1 else None)
+        values.append(out.read(floats[0], f"{at} payload", float) if len(floats) == 1 else None)
     return durations, values
 
 
@@ -340,6 +297,8 @@ def _value_at(start: datetime, durations: list[timedelta | None], values: list[f
 
 def _created_party_registration(payload: etree._Element, now: datetime, out: _Out) -> None:
     # Harness: pull VENs get a poll frequency; a registration names the VEN it registered.
+    # One message does not tell pull from push, so every successful registration carries it
+    # (a push VEN ignores it).
     if _text(payload, "ei:eiResponse/ei:responseCode") != "200":
         return
     registration = _text(payload, "ei:registrationID")
@@ -349,7 +308,7 @@ def _created_party_registration(payload: etree._Element, now: datetime, out: _Ou
     if freq is None:
         out.add("registration.poll-freq",
                 f"registration {registration} has no oadrRequestedOadrPollFreq")
-    out.duration(freq, "oadrRequestedOadrPollFreq")
+    out.read(freq, "oadrRequestedOadrPollFreq", _duration)
     if not _text(payload, "ei:venID"):
         out.add("registration.ven-id", f"registration {registration} has no venID")
 
@@ -386,9 +345,9 @@ def _report_requests(payload: etree._Element, now: datetime, out: _Out) -> None:
         granularity = _first(spec, "xcal:granularity/xcal:duration")
         if granularity is None:
             out.add("report-request.granularity", f"{where} has no granularity")
-        out.duration(granularity, f"{where} granularity", rule="report-request.granularity")
-        out.duration(_first(spec, "ei:reportBackDuration/xcal:duration"),
-                     f"{where} reportBackDuration")
+        out.read(granularity, f"{where} granularity", _duration, rule="report-request.granularity")
+        out.read(_first(spec, "ei:reportBackDuration/xcal:duration"), f"{where} reportBackDuration",
+                 _duration)
         for sp in _x(spec, "ei:specifierPayload"):
             reading = _text(sp, "ei:readingType")
             if reading != "x-notApplicable":  # harness: readingType x-notApplicable in requests
@@ -404,7 +363,7 @@ def _update_report(payload: etree._Element, now: datetime, out: _Out) -> None:
         where = f"report {_text(report, 'ei:eiReportID')}"
         if _first(report, "xcal:dtstart") is None:
             out.add("update-report.dtstart", f"{where} has no dtstart")
-        out.datetime(_first(report, "xcal:dtstart/xcal:date-time"), f"{where} dtstart")
+        out.read(_first(report, "xcal:dtstart/xcal:date-time"), f"{where} dtstart", parse_datetime)
         intervals = _x(report, "strm:intervals/ei:interval")
         if not intervals:
             out.add("update-report.intervals", f"{where} has no intervals")
@@ -440,7 +399,7 @@ def _create_opt(payload: etree._Element, now: datetime, out: _Out) -> None:
             if _x(props, path):
                 out.add("opt.vavailability", f"{where} component {index} carries {path}")
     out.created_near(_first(payload, "ei:createdDateTime"), now, timedelta(minutes=1),
-                     "opt.created", f"{where} createdDateTime")
+                     "opt.created-date-time", f"{where} createdDateTime")
 
 
 # --- entry points -------------------------------------------------------------------------

@@ -75,3 +75,7 @@ class BodyTooLarge(MalformedMessage):
 
 class LocalAdrError(Exception):
     """Our own output violated the schema or a conformance rule: a bug, never sent."""
+
+
+class UnknownMessage(MalformedMessage):
+    """A well-formed oadrPayload whose signed object holds no OpenADR 2.0b payload we know."""

@@ -510,3 +510,18 @@ SERVICE_OF: dict[type, str] = {
     Poll: "OadrPoll",
     ResponseMessage: "OadrPoll",
 }
+
+
+def error_response(exc: Exception, *, request_id: str = "", ven_id: str | None = None
+                   ) -> ResponseMessage:
+    """The one place exceptions become OpenADR response codes: an `AdrError` carries its own
+    code; anything else is our fault and answered 469 (the caller logs the traceback)."""
+    from .errors import AdrError
+
+    if isinstance(exc, AdrError):
+        code, text = exc.code, exc.description or type(exc).__name__
+        request_id = exc.request_id or request_id
+    else:
+        code, text = 469, "internal error"
+    return ResponseMessage(response=Response(code=code, description=text, request_id=request_id),
+                           ven_id=ven_id)

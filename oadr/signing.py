@@ -128,8 +128,8 @@ class SigningKey:
             digest_algorithm=DigestAlgorithm.SHA256,
             c14n_algorithm=C14N,
         )
-        # As openleadr does: SignedInfo then carries the same in-scope namespaces when it is
-        # canonicalised alone (signing) and inside oadrPayload (verifying).
+        # As openleadr does: inside oadrPayload, SignedInfo has `oadr` in scope, and inclusive
+        # C14N emits it; declaring it here gives the same canonical SignedInfo when signing.
         signer.namespaces["oadr"] = OADR
         object.__setattr__(self, "_signer", signer)
 
@@ -226,7 +226,9 @@ class InMemoryReplayCache:
         self._expiry: dict[str, datetime] = {}
         self._heap: list[tuple[datetime, str]] = []
 
-    def __len__(self) -> int:
+    @property
+    def size(self) -> int:
+        """Live and not yet purged entries."""
         return len(self._expiry)
 
     def seen(self, key: str, ttl: timedelta) -> bool:

@@ -1,0 +1,24 @@
+# adrgate: `make run` starts the VTN, `make test` runs the test suite; both set up .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+run: $(VENV)/.installed
+	$(BIN)/adrgate vtn
+
+test: $(VENV)/.installed
+	$(BIN)/pytest -q
+
+bench: $(VENV)/.installed
+	$(BIN)/python -m bench.poll_rate
+
+clean:
+	rm -rf $(VENV) data .pytest_cache

@@ -1,0 +1,192 @@
+"""`adrgate`: run the VTN, and drive it through its operator API.
+
+Every operator command is a thin client of the JSON API, so the CLI can do nothing the API
+cannot, and it works against any VTN it can reach.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .settings import Settings
+
+DEFAULT_API = "http://127.0.0.1:8080"
+
+
+class ApiError(RuntimeError):
+    pass
+
+
+def _settings_epilog() -> str:
+    rows = Settings.describe()
+    width = max(len(env) for _, env, _, _ in rows)
+    lines = ["configuration (environment variables):"]
+    lines += [f"  {env:<{width}}  {meaning} [default: {default or 'unset'}]"
+              for _, env, default, meaning in rows]
+    return "\n".join(lines)
+
+
+def call(api: str, method: str, path: str, body: Any = None, token: str | None = None) -> Any:
+    """One JSON request to the operator API.
+
+    Raises:
+        ApiError: the VTN answered with an error, or could not be reached.
+    """
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(api.rstrip("/") + path, data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        try:
+            detail = json.loads(exc.read())
+        except ValueError:
+            detail = {"detail": exc.reason}
+        raise ApiError(f"{exc.code}: {detail.get('field', '')} {detail.get('detail', '')}".strip())
+    except urllib.error.URLError as exc:
+        raise ApiError(f"cannot reach the VTN at {api}: {exc.reason}") from None
+
+
+def _json_arg(args: argparse.Namespace) -> Any:
+    if args.file:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+    elif args.json:
+        text = args.json
+    else:
+        raise ApiError("give the event as --file FILE (or - for stdin) or --json TEXT")
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ApiError(f"the event is not valid JSON: {exc}") from None
+
+
+def _run_api_command(args: argparse.Namespace) -> Any:
+    api, token = args.api, args.token
+    match args.command, getattr(args, "action", None):
+        case "event", "create":
+            return call(api, "POST", "/api/events", _json_arg(args), token)
+        case "event", "modify":
+            body = _json_arg(args)
+            if args.reason:
+                body["modification_reason"] = args.reason
+            return call(api, "PUT", f"/api/events/{args.event_id}", body, token)
+        case "event", "cancel":
+            return call(api, "POST", f"/api/events/{args.event_id}/cancel",
+                        {"reason": args.reason}, token)
+        case "event", "list":
+            return call(api, "GET", "/api/events", token=token)
+        case "event", "show":
+            return call(api, "GET", f"/api/events/{args.event_id}", token=token)
+        case "ven", "list":
+            return call(api, "GET", "/api/vens", token=token)
+        case "ven", "approve":
+            return call(api, "POST", f"/api/vens/{args.ven_id}/approve", {}, token)
+        case "ven", "provision":
+            body = {"ven_name": args.name, "ven_id": args.ven_id, "fingerprint": args.fingerprint,
+                    "programs": args.program, "groups": args.group, "resources": args.resource,
+                    "party_id": args.party}
+            return call(api, "POST", "/api/vens", body, token)
+        case "report", "show":
+            return call(api, "GET", f"/api/vens/{args.ven_id}/reports?limit={args.limit}",
+                        token=token)
+    raise ApiError(f"unknown command {args.command} {args.action}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="adrgate",
+        description="OpenADR 2.0b gateway: a DSO/CMB VTN and its operator tools.",
+        epilog=_settings_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    vtn = sub.add_parser("vtn", help="run the VTN (OpenADR endpoints + operator API, one port)",
+                         epilog=_settings_epilog(),
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    vtn.add_argument("--host", help="listen address (ADRGATE_HOST)")
+    vtn.add_argument("--port", type=int, help="listen port (ADRGATE_PORT)")
+    vtn.add_argument("--data-dir", type=Path, help="data directory (ADRGATE_DATA_DIR)")
+
+    def client(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--api", default=os.environ.get("ADRGATE_API_URL", DEFAULT_API),
+                       help=f"VTN base URL (ADRGATE_API_URL, default {DEFAULT_API})")
+        p.add_argument("--token", default=os.environ.get("ADRGATE_API_TOKEN"),
+                       help="operator API bearer token (ADRGATE_API_TOKEN)")
+        return p
+
+    event = sub.add_parser("event", help="create, modify, cancel, list and show events")
+    ev = event.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, text in (("create", "create an event from JSON"),
+                       ("modify", "replace an event's definition (modificationNumber + 1)")):
+        p = client(ev.add_parser(name, help=text))
+        if name == "modify":
+            p.add_argument("event_id")
+            p.add_argument("--reason", help="modification reason")
+        p.add_argument("--file", help="JSON file with the event ('-' reads stdin)")
+        p.add_argument("--json", help="the event as a JSON string")
+    p = client(ev.add_parser("cancel", help="cancel an event"))
+    p.add_argument("event_id")
+    p.add_argument("--reason")
+    client(ev.add_parser("list", help="list events"))
+    client(ev.add_parser("show", help="show an event with per-VEN delivery and opt state")
+           ).add_argument("event_id")
+
+    ven = sub.add_parser("ven", help="list, approve and provision VENs")
+    vs = ven.add_subparsers(dest="action", required=True, metavar="ACTION")
+    client(vs.add_parser("list", help="list VENs"))
+    client(vs.add_parser("approve", help="approve a pending registration")).add_argument("ven_id")
+    p = client(vs.add_parser("provision", help="allow a VEN (allowlist / pre-allocated venID)"))
+    p.add_argument("--name", required=True, help="venName the VEN registers with")
+    p.add_argument("--ven-id", help="pre-allocated venID")
+    p.add_argument("--fingerprint", help="client certificate fingerprint (aa:bb:...)")
+    p.add_argument("--program", action="append", default=[], help="market context (repeatable)")
+    p.add_argument("--group", action="append", default=[], help="groupID (repeatable)")
+    p.add_argument("--resource", action="append", default=[], help="resourceID (repeatable)")
+    p.add_argument("--party", help="partyID")
+
+    report = sub.add_parser("report", help="show report metadata, requests and values")
+    rs = report.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = client(rs.add_parser("show", help="a VEN's reports"))
+    p.add_argument("ven_id")
+    p.add_argument("--limit", type=int, default=50, help="newest values to show")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "vtn":
+        overrides = {k: v for k, v in (("host", args.host), ("port", args.port),
+                                       ("data_dir", args.data_dir)) if v is not None}
+        try:
+            settings = Settings.from_env(os.environ, **overrides)
+        except ValueError as exc:
+            print(f"adrgate: configuration error: {exc}", file=sys.stderr)
+            return 2
+        logging.basicConfig(level=settings.log_level,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        from .vtnserver import serve
+
+        serve(settings)
+        return 0
+    try:
+        result = _run_api_command(args)
+    except ApiError as exc:
+        print(f"adrgate: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,140 @@
+"""The VTN web application: the OpenADR simpleHTTP endpoints and the operator API on one port.
+
+The OpenADR view is one function: read bytes, parse, dispatch, serialize. Every failure becomes an
+HTTP 4xx (unreadable request) or an OpenADR response code; nothing reaches aiohttp as a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import partial
+
+from aiohttp import web
+from lxml import etree
+
+from oadr import codec
+from oadr.errors import AdrError, MalformedMessage, NotRecognized
+from oadr.messages import SERVICE_OF, ResponseMessage, error_response
+from oadr.schema import DS
+from oadr.signing import ReplayCache, SigningKey, sign, verify
+
+from .handlers import Ctx, VtnConfig, VtnHandlers
+from .store import VtnStore
+
+log = logging.getLogger("adrgate.vtn")
+
+OPENADR_PREFIX = "/OpenADR2/Simple/2.0b"
+SERVICES = ("EiRegisterParty", "EiEvent", "EiReport", "EiOpt", "OadrPoll")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(kw_only=True)
+class VtnDeps:
+    store: VtnStore
+    config: VtnConfig
+    replay: ReplayCache
+    signing_key: SigningKey | None = None
+    require_signatures: bool = False
+    max_body_bytes: int = 1_048_576
+    api_token: str | None = None
+    clock: Callable[[], datetime] = utcnow
+    new_id: Callable[[], str] = new_id
+    handlers: VtnHandlers = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.handlers = VtnHandlers(self.store, self.config, self.new_id)
+
+
+DEPS = web.AppKey("deps", VtnDeps)
+
+
+def peer_fingerprint(request: web.Request) -> str | None:
+    from adrgate.tls import peer_fingerprint as from_ssl
+
+    transport = request.transport
+    ssl_object = transport.get_extra_info("ssl_object") if transport else None
+    return from_ssl(ssl_object) if ssl_object is not None else None
+
+
+def _verifier(deps: VtnDeps, now: datetime) -> Callable[[etree._Element], str | None]:
+    def check(root: etree._Element) -> str | None:
+        if not deps.require_signatures and root.find(f"{{{DS}}}Signature") is None:
+            return None
+        return verify(root, expected_fingerprint=None, replay=deps.replay, now=now)
+    return check
+
+
+async def openadr_view(request: web.Request) -> web.Response:
+    deps = request.app[DEPS]
+    service = request.match_info["service"]
+    now = deps.clock()
+    request_id, ven_id = "", None
+    try:
+        if deps.config.secure and not request.secure:
+            raise web.HTTPForbidden(text="this VTN accepts OpenADR over TLS only")
+        data = await request.read()
+        received = codec.parse(data, max_bytes=deps.max_body_bytes,
+                               verify=_verifier(deps, now))  # type: ignore[arg-type]
+        msg = received.message
+        request_id = getattr(msg, "request_id", "") or ""
+        ven_id = getattr(msg, "ven_id", None)
+        if not isinstance(msg, ResponseMessage) and SERVICE_OF[type(msg)] != service:
+            raise NotRecognized(f"{type(msg).__name__} does not belong on {service}")
+        ctx = Ctx(now=now, tls_fingerprint=peer_fingerprint(request), signer=received.signer)
+        reply = await deps.handlers.dispatch(msg, ctx)
+    except MalformedMessage as exc:
+        return web.Response(status=exc.http_status, text=f"{exc.description}\n")
+    except AdrError as exc:
+        reply = error_response(exc, request_id=request_id, ven_id=ven_id)
+    except web.HTTPException:
+        raise
+    except Exception as exc:  # our bug: answer 469, keep serving
+        log.exception("handler failed on %s", service)
+        reply = error_response(exc, request_id=request_id, ven_id=ven_id)
+    return _xml_response(deps, reply)
+
+
+def _xml_response(deps: VtnDeps, reply: object) -> web.Response:
+    signer = None
+    if deps.signing_key is not None:
+        signer = partial(sign, key=deps.signing_key, now=deps.clock(), nonce=deps.new_id())
+    try:
+        body = codec.serialize(reply, sign=signer)  # type: ignore[arg-type]
+    except Exception:
+        log.exception("could not serialize %s", type(reply).__name__)
+        body = codec.serialize(error_response(RuntimeError()), sign=signer)
+    return web.Response(body=body, content_type="application/xml")
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Callable) -> web.StreamResponse:  # type: ignore[type-arg]
+    """Operator API errors as JSON; unexpected exceptions as 500 with a logged traceback."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if not request.path.startswith("/api/") or exc.content_type == "application/json":
+            raise
+        return web.json_response({"error": exc.reason, "detail": exc.text},
+                                 status=exc.status)
+
+
+def make_app(deps: VtnDeps) -> web.Application:
+    """Build the VTN application from its dependencies (stores, config, keys, clock)."""
+    from .api import add_api_routes
+
+    app = web.Application(client_max_size=deps.max_body_bytes, middlewares=[json_errors])
+    app[DEPS] = deps
+    app.router.add_post(OPENADR_PREFIX + "/{service:" + "|".join(SERVICES) + "}", openadr_view)
+    add_api_routes(app)
+    return app
