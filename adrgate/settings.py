@@ -16,13 +16,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, NamedTuple
 
-
-class RegistrationPolicy(StrEnum):
-    """How the VTN answers a CreatePartyRegistration from an unknown VEN."""
-
-    OPEN = "open"
-    ALLOWLIST = "allowlist"
-    APPROVAL = "approval"
+from vtn.handlers import RegistrationPolicy, ReportVia
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -52,12 +46,13 @@ def _bool(raw: str) -> bool:
     raise ValueError(f"expected true or false, got {raw!r}")
 
 
-def _policy(raw: str) -> RegistrationPolicy:
-    try:
-        return RegistrationPolicy(raw.lower())
-    except ValueError:
-        choices = "|".join(RegistrationPolicy)
-        raise ValueError(f"expected {choices}, got {raw!r}") from None
+def _choice(enum: type[StrEnum]) -> Callable[[str], Any]:
+    def parse(raw: str) -> Any:
+        try:
+            return enum(raw.lower())
+        except ValueError:
+            raise ValueError(f"expected {'|'.join(enum)}, got {raw!r}") from None
+    return parse
 
 
 class Var(NamedTuple):
@@ -79,8 +74,10 @@ VARS: tuple[Var, ...] = (
     Var("host", "ADRGATE_HOST", str, "address the VTN listens on"),
     Var("port", "ADRGATE_PORT", _int, "TCP port the VTN listens on (0 picks a free one)"),
     Var("vtn_id", "ADRGATE_VTN_ID", str, "vtnID sent in every payload"),
-    Var("registration_policy", "ADRGATE_REGISTRATION", _policy,
+    Var("registration_policy", "ADRGATE_REGISTRATION", _choice(RegistrationPolicy),
         "unknown VENs: open | allowlist | approval"),
+    Var("report_via", "ADRGATE_REPORT_VIA", _choice(ReportVia),
+        "telemetry requests in oadrRegisteredReport (registered) or oadrCreateReport on a poll (create)"),
     Var("poll_freq", "ADRGATE_POLL_FREQ", _seconds, "oadrPoll interval offered to VENs, seconds"),
     Var("max_body_bytes", "ADRGATE_MAX_BODY", _int, "largest accepted request body, bytes"),
     Var("tls_cert", "ADRGATE_TLS_CERT", Path, "server certificate (PEM); all three TLS vars enable mutual TLS"),
@@ -114,6 +111,7 @@ class Settings:
     port: int = 8080
     vtn_id: str = "adrgate-vtn"
     registration_policy: RegistrationPolicy = RegistrationPolicy.OPEN
+    report_via: ReportVia = ReportVia.REGISTERED
     poll_freq: timedelta = timedelta(seconds=10)
     max_body_bytes: int = 1_048_576
     tls_cert: Path | None = None

@@ -40,7 +40,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from lxml import etree
-from signxml import SignatureConfiguration, XMLSigner, XMLVerifier
 from signxml.algorithms import (
     CanonicalizationMethod,
     DigestAlgorithm,
@@ -48,6 +47,8 @@ from signxml.algorithms import (
     SignatureMethod,
 )
 from signxml.exceptions import SignXMLException
+from signxml.signer import XMLSigner
+from signxml.verifier import SignatureConfiguration, XMLVerifier
 
 from .errors import NotRegisteredOrAuthorized
 from .schema import DS, DSP, OADR

@@ -78,13 +78,14 @@ def _material() -> dict[str, _Pem]:
     server_san = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
     out = {"rsa_ca": _Pem(_cert_pem(rsa_ca), _key_pem(rsa_ca_key)),
            "ecc_ca": _Pem(_cert_pem(ecc_ca), _key_pem(ecc_ca_key))}
-    for name, ca, ca_key, key, san in [
+    leaves: list[tuple[str, x509.Certificate, Key, Key, list[x509.GeneralName]]] = [
         ("vtn_rsa", rsa_ca, rsa_ca_key, _rsa(), server_san),
         ("vtn_ecc", ecc_ca, ecc_ca_key, _ecc(), server_san),
         ("ven_rsa", rsa_ca, rsa_ca_key, _rsa(), [x509.DNSName("ven-rsa.test")]),
         ("ven_ecc", ecc_ca, ecc_ca_key, _ecc(), [x509.DNSName("ven-ecc.test")]),
         ("stranger", stranger_ca, stranger_ca_key, _ecc(), [x509.DNSName("stranger.test")]),
-    ]:
+    ]
+    for name, ca, ca_key, key, san in leaves:
         out[name] = _Pem(_cert_pem(_leaf(name, key, san, ca, ca_key)), _key_pem(key))
     return out
 

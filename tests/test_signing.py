@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from copy import deepcopy
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 from lxml import etree
-from openleadr import messaging as ol_messaging
+from openleadr import messaging as ol_messaging  # type: ignore[import-untyped]
 from openleadr import utils as ol_utils
 
 from adrgate.replay import RedisReplayCache
@@ -141,7 +141,8 @@ def test_load_picks_method_and_refuses_a_foreign_key(pki: Pki) -> None:
 
 @pytest.mark.parametrize("make_object", [poll_object, distribute_event_object],
                          ids=["poll", "distribute_event"])
-def test_signed_payload_is_valid_and_openleadr_accepts_it(key: SigningKey, make_object) -> None:
+def test_signed_payload_is_valid_and_openleadr_accepts_it(
+        key: SigningKey, make_object: Callable[[], etree._Element]) -> None:
     payload = sign(make_object(), key, now=datetime.now(timezone.utc), nonce=nonce())
     data = etree.tostring(payload, xml_declaration=True, encoding="utf-8")
 
@@ -299,7 +300,7 @@ def test_refused_message_does_not_consume_its_nonce(key: SigningKey) -> None:
 
 def _sign_without_replay_protect(obj: etree._Element, key: SigningKey,
                                  properties: etree._Element | None) -> etree._Element:
-    from signxml import XMLSigner
+    from signxml.signer import XMLSigner
     from signxml.algorithms import SignatureConstructionMethod
 
     payload = envelope(obj)
