@@ -83,6 +83,9 @@ VARS: tuple[Var, ...] = (
     Var("tls_cert", "ADRGATE_TLS_CERT", Path, "server certificate (PEM); all three TLS vars enable mutual TLS"),
     Var("tls_key", "ADRGATE_TLS_KEY", Path, "server private key (PEM)"),
     Var("tls_ca", "ADRGATE_TLS_CA", Path, "CA bundle that client certificates must chain to"),
+    Var("tls_ecc_cert", "ADRGATE_TLS_ECC_CERT", Path,
+        "optional second (ECC) server certificate, so VENs offering only ECDSA suites connect"),
+    Var("tls_ecc_key", "ADRGATE_TLS_ECC_KEY", Path, "private key of the ECC server certificate"),
     Var("sign_cert", "ADRGATE_SIGN_CERT", Path, "certificate for XML signatures (PEM)"),
     Var("sign_key", "ADRGATE_SIGN_KEY", Path, "private key for XML signatures (PEM)"),
     Var("require_signatures", "ADRGATE_REQUIRE_SIGNATURES", _bool, "reject unsigned payloads"),
@@ -109,7 +112,7 @@ class Settings:
     redis_url: str | None = None
     host: str = "127.0.0.1"
     port: int = 8080
-    vtn_id: str = "adrgate-vtn"
+    vtn_id: str = "ADRGATE-VTN"
     registration_policy: RegistrationPolicy = RegistrationPolicy.OPEN
     report_via: ReportVia = ReportVia.REGISTERED
     poll_freq: timedelta = timedelta(seconds=10)
@@ -117,6 +120,8 @@ class Settings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None
+    tls_ecc_cert: Path | None = None
+    tls_ecc_key: Path | None = None
     sign_cert: Path | None = None
     sign_key: Path | None = None
     require_signatures: bool = False
@@ -138,6 +143,7 @@ class Settings:
             raise _invalid("log_level", f"expected one of {'|'.join(LOG_LEVELS)}, got {self.log_level!r}")
         _all_or_none(self, ("tls_cert", "tls_key", "tls_ca"))
         _all_or_none(self, ("sign_cert", "sign_key"))
+        _all_or_none(self, ("tls_ecc_cert", "tls_ecc_key"))
         if self.require_signatures and self.sign_key is None:
             raise _invalid("require_signatures",
                            f"needs {_ENV['sign_cert']} and {_ENV['sign_key']}: peers that sign expect signed replies")

@@ -92,13 +92,12 @@ def fingerprint(cert_pem_or_der: bytes) -> str:
     Raises:
         ValueError: PEM input without a readable certificate block.
     """
-    data = cert_pem_or_der.strip()
-    if data.startswith(b"-----"):
-        match = _PEM_CERT.search(data)
-        if match is None:
-            raise ValueError("no PEM certificate block found")
-        data = base64.b64decode(match.group(1))
-    return _fingerprint_der(data)
+    if not cert_pem_or_der.lstrip().startswith(b"-----"):
+        return _fingerprint_der(cert_pem_or_der)  # DER: never strip, any byte may end it
+    match = _PEM_CERT.search(cert_pem_or_der)
+    if match is None:
+        raise ValueError("no PEM certificate block found")
+    return _fingerprint_der(base64.b64decode(match.group(1)))
 
 
 def _fingerprint_der(der: bytes) -> str:

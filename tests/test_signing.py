@@ -122,6 +122,13 @@ def test_fingerprint_matches_openleadr(leaf: Leaf) -> None:
     assert len(expected.split(":")) == 10 and expected == expected.upper()
 
 
+@pytest.mark.parametrize("der", [b"0\x03\x02\x01\n", b"0\x03\x02\x01 ", b"0\x03\x02\x01\x00"],
+                         ids=["ends_newline", "ends_space", "ends_nul"])
+def test_fingerprint_keeps_der_bytes_intact(der: bytes) -> None:
+    # Regression: DER is binary; stripping "whitespace" changed ~1 certificate in 30.
+    assert fingerprint(der) == ol_utils.certificate_fingerprint_from_der(der)
+
+
 def test_fingerprint_rejects_pem_without_certificate() -> None:
     with pytest.raises(ValueError):
         fingerprint(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")

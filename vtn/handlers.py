@@ -44,7 +44,7 @@ REQUESTED_REPORTS = ("TELEMETRY_USAGE", "TELEMETRY_STATUS")
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class VtnConfig:
-    vtn_id: str = "adrgate-vtn"
+    vtn_id: str = "ADRGATE-VTN"
     poll_freq: timedelta = timedelta(seconds=10)
     registration_policy: RegistrationPolicy = RegistrationPolicy.OPEN
     report_via: ReportVia = ReportVia.REGISTERED
