@@ -40,7 +40,7 @@ def test_settings_defaults() -> None:
     assert s.data_dir == Path("data")
     assert s.database_url == "sqlite:///data/adrgate.db"
     assert s.redis_url is None
-    assert (s.host, s.port, s.vtn_id) == ("127.0.0.1", 8080, "adrgate-vtn")
+    assert (s.host, s.port, s.vtn_id) == ("127.0.0.1", 8080, "ADRGATE-VTN")
     assert s.registration_policy is RegistrationPolicy.OPEN
     assert s.poll_freq == timedelta(seconds=10)
     assert s.max_body_bytes == 1_048_576
