@@ -172,3 +172,16 @@ async def test_telemetry_stored(via: ReportVia) -> None:
             assert {v.resource_id for v in values} == {"ven-telemetry-battery"}
             if via is ReportVia.CREATE:
                 assert "oadrCreateReport" in wire.types()
+
+
+async def test_program_event_reaches_ven_that_joins_later() -> None:
+    """A VEN that registers, and joins the program, after an event was created still gets it."""
+    async with running_vtn(poll_freq=timedelta(seconds=1)) as vtn:
+        ev = await create(vtn, simple_event(PROGRAM, start_in=timedelta(minutes=5)))
+        async with openleadr_ven(vtn, "ven-late") as (client, _, seen):
+            assert delivery(vtn, ev["event_id"], client.ven_id) is None
+            status, _ = await api(vtn, "PATCH", f"/api/vens/{client.ven_id}",
+                                  {"programs": [PROGRAM]})
+            assert status == 200
+            await wait_for(lambda: acked(vtn, ev["event_id"], client.ven_id, 0), what="ack")
+            assert seen[0]["event_descriptor"]["event_id"] == ev["event_id"]

@@ -165,12 +165,13 @@ async def show_ven(request: web.Request) -> web.Response:
 
 
 async def update_ven(request: web.Request) -> web.Response:
-    _, op = _ctx(request)
+    deps, op = _ctx(request)
     body = await _body(request)
     attrs = _ven_attrs(body)
     if "fingerprint" in body:
         attrs["fingerprint"] = _opt_str(body, "fingerprint")
-    return web.json_response(ven_json(op.update_ven(request.match_info["ven_id"], **attrs)))
+    ven = op.update_ven(request.match_info["ven_id"], deps.clock(), **attrs)
+    return web.json_response(ven_json(ven))
 
 
 async def approve_ven(request: web.Request) -> web.Response:

@@ -24,7 +24,7 @@ from .records import (
     VenRecord, VenStatus,
 )
 from .store import VtnStore
-from .targets import narrowed
+from .targets import live_events_reaching, narrowed
 
 
 class RegistrationPolicy(StrEnum):
@@ -130,6 +130,8 @@ class VtnHandlers(Router[Ctx]):
             report_only=msg.report_only, profile_name=msg.profile_name, registered_at=ctx.now)
         self.store.save_ven(ven)
         self.store.ack_outbox(ven.ven_id, OutboxKind.REREGISTER, ctx.now)
+        self.store.add_deliveries(ven.ven_id, live_events_reaching(
+            ven, self.store.list_events(), ctx.now))
         return self._registered_reply(msg.request_id, ven)
 
     def _find_registrant(self, msg: CreatePartyRegistration, ctx: Ctx) -> VenRecord:

@@ -19,7 +19,7 @@ from .eventjson import FieldError, event_from_json
 from .handlers import VtnConfig, VtnHandlers
 from .records import EventRecord, OutboxKind, ReportRequestRecord, VenRecord, VenStatus
 from .store import VtnStore
-from .targets import audience, narrowed
+from .targets import audience, live_events_reaching, narrowed
 
 
 class Conflict(ValueError):
@@ -148,8 +148,12 @@ class Operator:
             ven_id=ven_id or self.new_id(), ven_name=ven_name, status=VenStatus.PROVISIONED,
             fingerprint=fingerprint, created=now, **attrs))
 
-    def update_ven(self, ven_id: str, **attrs: Any) -> VenRecord:
-        return self.store.save_ven(dataclasses.replace(self.ven(ven_id), **attrs))
+    def update_ven(self, ven_id: str, now: datetime, **attrs: Any) -> VenRecord:
+        """Change a VEN's programs, groups, resources, party or fingerprint; live events that
+        now reach it are owed to it."""
+        ven = self.store.save_ven(dataclasses.replace(self.ven(ven_id), **attrs))
+        self.store.add_deliveries(ven_id, live_events_reaching(ven, self.store.list_events(), now))
+        return ven
 
     def approve_ven(self, ven_id: str) -> VenRecord:
         ven = self.ven(ven_id)

@@ -369,6 +369,13 @@ class VtnStore:
                     d.removed = True
                     d.due = True
 
+    def add_deliveries(self, ven_id: str, event_ids: Sequence[str]) -> None:
+        """Owe `ven_id` the given events (a VEN that registered after they were created)."""
+        with self._tx() as s:
+            for event_id in event_ids:
+                if s.get(DeliveryRow, (ven_id, event_id)) is None:
+                    s.add(DeliveryRow(ven_id=ven_id, event_id=event_id))
+
     def get_event(self, event_id: str) -> EventRecord | None:
         with Session(self.engine) as s:
             row = s.get(EventRow, event_id)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 
 from oadr.messages import Target
 
-from .records import VenRecord
+from .records import EventRecord, VenRecord
 
 
 def audience(targets: Target, market_context: str, vens: Iterable[VenRecord]) -> list[str]:
@@ -40,3 +41,12 @@ def narrowed(targets: Target, ven: VenRecord) -> Target:
         resource_ids=tuple(r for r in targets.resource_ids if r in ven.resources),
         party_ids=tuple(p for p in targets.party_ids if p == ven.party_id),
     )
+
+
+def live_events_reaching(ven: VenRecord, events: Iterable[EventRecord], now: datetime) -> list[str]:
+    """IDs of events not cancelled and not over whose targets reach `ven` (for a VEN that
+    registered, or joined a program, group or resource, after the events were created)."""
+    return [r.event.event_id for r in events
+            if not r.cancelled
+            and (r.event.active_period.end is None or r.event.active_period.end > now)
+            and audience(r.event.targets, r.event.market_context, [ven])]
