@@ -185,3 +185,29 @@ async def test_program_event_reaches_ven_that_joins_later() -> None:
             assert status == 200
             await wait_for(lambda: acked(vtn, ev["event_id"], client.ven_id, 0), what="ack")
             assert seen[0]["event_descriptor"]["event_id"] == ev["event_id"]
+
+
+async def test_answer_to_a_completed_event_is_accepted_and_history_kept() -> None:
+    """openleadr's VTN answers 500 here; ours records the late answer and keeps the history."""
+    async with running_vtn() as vtn:
+        client = OpenADRClient(ven_name="ven-late-answer", vtn_url=vtn.oadr_url,
+                               show_fingerprint=False)
+        try:
+            await client.create_party_registration()
+            body = simple_event(targets={"ven_ids": [client.ven_id]}, start_in=timedelta(0),
+                                duration="PT1S")
+            body["signals"][0]["intervals"][0]["duration"] = "PT1S"
+            body["dtstart"] = (utcnow() + timedelta(seconds=1)).isoformat()
+            ev = await create(vtn, body)
+            kind, payload = await client.poll()
+            assert kind == "oadrDistributeEvent"
+            await asyncio.sleep(2.2)
+            kind, _ = await client.poll()  # the event is over: it is no longer sent
+            assert kind == "oadrDistributeEvent"
+            await client.created_event(payload["request_id"], ev["event_id"], "optIn", 0)
+            d = await wait_for(lambda: acked(vtn, ev["event_id"], client.ven_id, 0), what="ack")
+            assert d.opt_type is OptType.OPT_IN
+            status, shown = await api(vtn, "GET", f"/api/events/{ev['event_id']}")
+            assert shown["status"] == "completed" and shown["deliveries"][0]["opt"] == "optIn"
+        finally:
+            await client.client_session.close()

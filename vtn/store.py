@@ -93,6 +93,7 @@ class DeliveryRow(SQLModel, table=True):
     response_code: int | None = None
     responded_at: datetime | None = _ts()
     removed: bool = False
+    finished: bool = False  # completed, or cancelled and acknowledged: kept as history
     # a distribute is owed to this VEN (new modification not yet delivered or acknowledged)
     due: bool = Field(default=True, index=True)
 
@@ -362,7 +363,7 @@ class VtnStore:
                 if d is None:
                     s.add(DeliveryRow(ven_id=ven_id, event_id=ev.event_id))
                 else:
-                    d.removed = False
+                    d.removed = d.finished = False
                     d.due = True
             for ven_id, d in existing.items():
                 if ven_id not in wanted and not d.removed:
@@ -398,11 +399,12 @@ class VtnStore:
                 .limit(1)).first() is not None
 
     def ven_events(self, ven_id: str) -> list[tuple[Delivery, EventRecord]]:
-        """The VEN's open deliveries (not removed) with their events."""
+        """The VEN's open deliveries (not removed, not finished) with their events."""
         with Session(self.engine) as s:
             rows = s.exec(select(DeliveryRow, EventRow).join(
                 EventRow, EventRow.event_id == DeliveryRow.event_id).where(
-                DeliveryRow.ven_id == ven_id, DeliveryRow.removed == False))  # noqa: E712
+                DeliveryRow.ven_id == ven_id, DeliveryRow.removed == False,  # noqa: E712
+                DeliveryRow.finished == False))  # noqa: E712
             return [(_delivery(d), _event(e)) for d, e in rows]
 
     def mark_distributed(self, ven_id: str, sent: Sequence[tuple[str, int, bool]],
@@ -440,13 +442,14 @@ class VtnStore:
             return _delivery(row)
 
     def close_finished(self, ven_id: str, event_ids: Sequence[str]) -> None:
-        """Stop tracking events that are over for this VEN (completed, or cancelled and acked)."""
+        """Stop sending events that are over for this VEN (completed, or cancelled and
+        acknowledged); their delivery and opt state stay queryable."""
         if not event_ids:
             return
         with self._tx() as s:
             s.execute(update(DeliveryRow).where(
                 DeliveryRow.ven_id == ven_id, DeliveryRow.event_id.in_(event_ids))  # type: ignore[attr-defined]
-                .values(removed=True, due=False))
+                .values(finished=True, due=False))
 
     # --- outbox -------------------------------------------------------------------------
 
