@@ -51,9 +51,11 @@ if _missing:  # pragma: no cover - a wiring bug, caught at import
 
 _PAYLOAD: Final = f"{{{OADR}}}oadrPayload"
 _SIGNED: Final = f"{{{OADR}}}oadrSignedObject"
-_SIGNED_ID: Final = "oadrSignedObject"  # the Reference URI of the XML signature is #oadrSignedObject
+# The XML signature's Reference URI is #oadrSignedObject.
+_SIGNED_ID: Final = "oadrSignedObject"
 _SCHEMA_VERSION: Final = "2.0b"
 _MAX_SCHEMA_ERRORS: Final = 3
+_MAX_DETAIL: Final = 300  # characters of one error echoed back: values in it are the peer's
 _DECLARATION: Final = b'<?xml version="1.0" encoding="UTF-8"?>\n'
 # Exceptions a decoder may hit on schema-valid but nonsensical data (numbers out of range, bad
 # enum values, dates that do not exist...). Anything else is a bug in the decoder and propagates.
@@ -90,8 +92,9 @@ def parse(
     request_id = _request_id(payload)
     errors = schema_errors(root)
     if errors:
-        shown = "; ".join(errors[:_MAX_SCHEMA_ERRORS])
-        more = f" (+{len(errors) - _MAX_SCHEMA_ERRORS} more)" if len(errors) > _MAX_SCHEMA_ERRORS else ""
+        shown = "; ".join(e[:_MAX_DETAIL] for e in errors[:_MAX_SCHEMA_ERRORS])
+        extra = len(errors) - _MAX_SCHEMA_ERRORS
+        more = f" (+{extra} more)" if extra > 0 else ""
         raise InvalidData(f"schema: {shown}{more}", request_id=request_id)
     signer = verify(root) if verify is not None else None
     try:
@@ -101,12 +104,14 @@ def parse(
             exc.request_id = request_id
         raise
     except _DECODE_ERRORS as exc:
-        raise InvalidData(f"{local(payload.tag)}: {exc}", request_id=request_id) from None
+        raise InvalidData(f"{local(payload.tag)}: {str(exc)[:_MAX_DETAIL]}",
+                          request_id=request_id) from None
     return Received(message=message, signer=signer)
 
 
 def _payload_element(root: Element) -> Element:
-    # oadr_20b.xsd: oadrPayload = (ds:Signature?, oadrSignedObject); oadrSignedObject = choice of one
+    # oadr_20b.xsd: oadrPayload = (ds:Signature?, oadrSignedObject),
+    # oadrSignedObject = a choice of exactly one payload element.
     if root.tag != _PAYLOAD:
         raise MalformedMessage(f"root element is {root.tag!r}, not oadr:oadrPayload")
     signed = root.find(_SIGNED)

@@ -30,7 +30,8 @@ from .schema import EI, EMIX, OADR, POWER, PYLD, SCALE, STRM, XCAL
 Element = etree._Element
 
 XSI: Final = "http://www.w3.org/2001/XMLSchema-instance"
-# Declared once on the element that roots the signed object; ds/dsp belong to the signer.
+# Declared once, on oadrPayload (or on the standalone oadrSignedObject handed to a signer);
+# ds/dsp belong to the signer.
 SIGNED_NSMAP: Final = {
     "oadr": OADR, "ei": EI, "pyld": PYLD, "emix": EMIX, "power": POWER, "scale": SCALE,
     "xcal": XCAL, "strm": STRM,
@@ -247,7 +248,8 @@ DEFAULT_VOLTAGE: Final = 230.0
 
 def put_item_base(parent: Element, item: ItemBase) -> None:
     """Emit the itemBase member named by `item.kind`; unknown kinds fall back to oadr:customUnit."""
-    kind = item.kind if item.kind in ITEM_BASE_NS and item.kind not in _NOT_ENCODABLE else "customUnit"
+    known = item.kind in ITEM_BASE_NS and item.kind not in _NOT_ENCODABLE
+    kind = item.kind if known else "customUnit"
     ns = ITEM_BASE_NS[kind]
     el = sub(parent, ns, kind)
     put(el, ns, "itemDescription", item.description)

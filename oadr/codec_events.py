@@ -1,14 +1,15 @@
 """EiEvent service: oadrDistributeEvent, oadrRequestEvent, oadrCreatedEvent.
 
-Rules of this file (OpenADR 2.0b profile spec, section 8.1, and the conformance rules the
-certification harness checks on top of oadr_ei_20b.xsd):
+Rules of this file (oadr_ei_20b.xsd eiEventType/eiEventSignalType, plus the conformance rules the
+certification harness checks on top of the schema; domain reference, section 2):
 - Signal intervals carry a duration, a uid 0,1,2,... in order, and exactly one
   signalPayload/payloadFloat. We never emit xcal:dtstart inside a signal interval (harness rule;
   openleadr does). On input an interval dtstart is tolerated and ignored, a missing uid reads as
   the interval's position, and a sole interval without duration lasts the active period.
 - currentValue is always emitted (0.0 when the signal has none: "0 when not active").
 - eiTarget is always emitted, empty when the event targets everybody (the schema requires it).
-- testEvent: "anything other than false is a test event" (spec 8.1.1); we write true/false.
+- testEvent is an xs:string: present and not "false"/"0" reads as a test event (some VTNs put
+  test parameters in it); we write true/false.
 - eiEventBaseline is not modelled: ignored on input, never emitted.
 """
 
@@ -49,7 +50,7 @@ def put_active_period(parent: Element, p: ActivePeriod) -> None:
                         ("x-eiRecovery", p.recovery)):
         if value is not None:
             put_duration_prop(props, EI, name, value)
-    # xcal:components is nillable and unused in 2.0b; written as the spec's examples do.
+    # xcal:components is required, nillable and carries nothing in 2.0b: written xsi:nil.
     components = etree.SubElement(period, f"{{{XCAL}}}components", nsmap={"xsi": XSI})
     components.set(f"{{{XSI}}}nil", "true")
 

@@ -1,7 +1,7 @@
 """EiOpt service: oadrCreateOpt, oadrCreatedOpt, oadrCancelOpt, oadrCanceledOpt.
 
-Rules of this file (OpenADR 2.0b profile spec, section 8.2; oadr_20b.xsd oadrCreateOptType
-extends ei:EiOptType, so the EiOpt fields come first, then requestID, qualifiedEventID, eiTarget):
+Rules of this file (oadr_20b.xsd oadrCreateOptType extends ei:EiOptType, so the EiOpt fields
+come first, then requestID, qualifiedEventID, eiTarget):
 - An opt is either event-scoped (qualifiedEventID: eventID *and* modificationNumber) or an
   availability schedule (xcal:vavailability of xcal:available dtstart+duration components);
   `CreateOpt.__post_init__` enforces the either/or, so decoding a message that breaks it is 454.

@@ -1,6 +1,6 @@
 """EiRegisterParty and OadrPoll services, and the generic oadrResponse.
 
-Rules of this file (OpenADR 2.0b profile spec, sections 8.4 and 8.5; oadr_20b.xsd):
+Rules of this file (oadr_20b.xsd registration and poll payloads; domain reference, section 2):
 - oadrCreatedPartyRegistration must list oadrProfiles (schema: one or more oadrProfile); each
   profile we list is offered over simpleHttp, the only transport we implement.
 - oadrRequestedOadrPollFreq is written whenever we have one (mandatory for pull VENs).

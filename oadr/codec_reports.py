@@ -1,7 +1,7 @@
 """EiReport service: register, request, update and cancel reports.
 
-Rules of this file (OpenADR 2.0b profile spec, section 8.3; oadr_20b.xsd oadrReportType,
-oadrReportDescriptionType, oadrReportPayloadType; oadr_ei_20b.xsd ReportSpecifierType):
+Rules of this file (oadr_20b.xsd oadrReportType, oadrReportDescriptionType,
+oadrReportPayloadType; oadr_ei_20b.xsd ReportSpecifierType):
 - oadrReport extends strm:StreamBaseType, so its own dtstart/duration/intervals come *first*,
   then eiReportID, descriptions, reportRequestID, reportSpecifierID, reportName, createdDateTime.
 - Report intervals (unlike event signal intervals) do carry xcal:dtstart. On input a missing one is
@@ -249,6 +249,10 @@ def get_report_request(el: Element) -> ReportRequest:
     )
 
 
+def _report_requests(el: Element) -> tuple[ReportRequest, ...]:
+    return tuple(get_report_request(r) for r in children(el, OADR, "oadrReportRequest"))
+
+
 def _required_duration(el: Element, ns: str, name: str) -> timedelta:
     value = duration_prop(el, ns, name)
     if value is None:
@@ -299,7 +303,7 @@ def _enc_registered_report(parent: Element, m: RegisteredReport) -> None:
 def _dec_registered_report(el: Element) -> RegisteredReport:
     return RegisteredReport(
         response=get_response(el),
-        report_requests=tuple(get_report_request(r) for r in children(el, OADR, "oadrReportRequest")),
+        report_requests=_report_requests(el),
         ven_id=opt_text(el, EI, "venID") or "",
     )
 
@@ -316,7 +320,7 @@ def _enc_create_report(parent: Element, m: CreateReport) -> None:
 def _dec_create_report(el: Element) -> CreateReport:
     return CreateReport(
         request_id=text(el, PYLD, "requestID"),
-        report_requests=tuple(get_report_request(r) for r in children(el, OADR, "oadrReportRequest")),
+        report_requests=_report_requests(el),
         ven_id=opt_text(el, EI, "venID"),
     )
 
