@@ -18,9 +18,9 @@ import aiohttp
 
 from oadr import codec, conformance
 from oadr.messages import (
-    CreatedEvent, CreatedPartyRegistration, CreatePartyRegistration, DistributeEvent,
-    EventResponse, Message, OptType, Poll, QueryRegistration, RegisteredReport, RegisterReport,
-    Report, ReportDescription, Response, SERVICE_OF,
+    SERVICE_OF, CreatedEvent, CreatedPartyRegistration, CreatePartyRegistration,
+    DistributeEvent, EventResponse, ItemBase, Message, OptType, Poll, QueryRegistration,
+    RegisteredReport, RegisterReport, Report, ReportDescription, Response,
 )
 from oadr.signing import SigningKey, sign
 
@@ -139,15 +139,15 @@ class RawVen:
         assert self.ven_id is not None, "register first"
         return await self.send(Poll(ven_id=self.ven_id))
 
-    async def created_event(self, distribute: DistributeEvent, opt: OptType = OptType.OPT_IN,
-                            *, event_ids: tuple[str, ...] | None = None) -> Any:
-        """Answer a distribute: `opt` for each of its events (or those in `event_ids`)."""
+    async def created_event(self, distribute: DistributeEvent,
+                            opt: OptType = OptType.OPT_IN) -> Any:
+        """Answer a distribute with `opt` for each of its events."""
         assert self.ven_id is not None
         responses = tuple(
             EventResponse(code=200, description="OK", request_id=distribute.request_id,
                           event_id=e.event_id, modification_number=e.modification_number,
                           opt_type=opt)
-            for e in distribute.events if event_ids is None or e.event_id in event_ids)
+            for e in distribute.events)
         return await self.send(CreatedEvent(
             response=Response(code=200, description="OK", request_id=distribute.request_id),
             ven_id=self.ven_id, event_responses=responses))
@@ -162,8 +162,25 @@ class RawVen:
 
 # --- report builders -----------------------------------------------------------------------
 
+POWER = ItemBase(kind="powerReal", description="RealPower", units="W", si_scale="k",
+                 hertz=50, voltage=230, ac=True)
+
+
 def metadata_report(name: str, specifier: str, *descriptions: ReportDescription,
                     now: datetime | None = None) -> Report:
     """A METADATA_<name> report offering `descriptions`."""
     return Report(report_specifier_id=specifier, report_name=f"METADATA_{name}",
                   created=now or utcnow(), duration=timedelta(0), descriptions=descriptions)
+
+
+def telemetry_metadata(min_period: timedelta) -> tuple[Report, Report]:
+    """METADATA_TELEMETRY_USAGE (rID usage-1) and METADATA_TELEMETRY_STATUS (rID status-1) of
+    resource battery-1, sampled no faster than `min_period`."""
+    rate = {"min_period": min_period, "max_period": min_period * 10}
+    usage = metadata_report("TELEMETRY_USAGE", "spec-usage", ReportDescription(
+        r_id="usage-1", report_type="usage", reading_type="Direct Read",
+        resource_id="battery-1", item_base=POWER, **rate))
+    status = metadata_report("TELEMETRY_STATUS", "spec-status", ReportDescription(
+        r_id="status-1", report_type="x-resourceStatus", reading_type="x-notApplicable",
+        resource_id="battery-1", **rate))
+    return usage, status

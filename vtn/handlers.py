@@ -227,11 +227,14 @@ class VtnHandlers(Router[Ctx]):
     @on(CreatedEvent, ResponseMessage)
     async def on_created_event(self, msg: CreatedEvent, ctx: Ctx) -> ResponseMessage:
         ven = self.authenticate(msg.ven_id, ctx)
-        for answer in msg.event_responses:
-            if self.store.record_event_response(
-                    ven.ven_id, answer.event_id, answer.modification_number, answer.opt_type,
-                    answer.code, ctx.now) is None:
+        for answer in msg.event_responses:  # all or nothing: check every answer before recording
+            if not any(d.ven_id == ven.ven_id and not d.removed
+                       for d in self.store.deliveries_for_event(answer.event_id)):
                 raise InvalidId(f"eventID {answer.event_id} is not an event of {ven.ven_id}")
+        for answer in msg.event_responses:
+            self.store.record_event_response(
+                ven.ven_id, answer.event_id, answer.modification_number, answer.opt_type,
+                answer.code, ctx.now)
         return ResponseMessage(response=ok(msg.response.request_id), ven_id=ven.ven_id)
 
     # --- poll ---------------------------------------------------------------------------

@@ -32,6 +32,10 @@ class NotFound(KeyError):
 
 # Freshness of createdDateTime is a property of when a message is sent, not of the event.
 _TIMELESS_RULES = {"event.created-date-time"}
+# Conformance rules one signal can break, and the part of its JSON (`signals[i].<part>`) named.
+_SIGNAL_FIELDS = {"event.signal-type": "signal_type", "event.signal-unit": "item_base",
+                  "event.simple-payload": "intervals", "event.duration-sum": "intervals",
+                  "event.payload-count": "intervals"}
 
 
 class Operator:
@@ -53,12 +57,26 @@ class Operator:
         if ev.active_period.end is not None and ev.active_period.end <= now \
                 and ev.status is not EventStatus.CANCELLED:
             raise FieldError("dtstart", "the event would already be over")
+        problems = self._violations(ev, now)
+        if problems:
+            raise FieldError(self._field_of(ev, problems[0].rule, now),
+                             "; ".join(f"{p.rule}: {p.message}" for p in problems))
+
+    def _violations(self, ev: Event, now: datetime) -> list[conformance.Violation]:
         probe = dataclasses.replace(ev_time.at(ev, now), targets=narrowed(ev.targets, _PROBE_VEN))
         xml = codec.serialize(DistributeEvent(request_id="validation", vtn_id=self.config.vtn_id,
                                               events=(probe,)))
-        problems = [v for v in conformance.check(xml, now=now) if v.rule not in _TIMELESS_RULES]
-        if problems:
-            raise FieldError("event", "; ".join(f"{p.rule}: {p.message}" for p in problems))
+        return [v for v in conformance.check(xml, now=now) if v.rule not in _TIMELESS_RULES]
+
+    def _field_of(self, ev: Event, rule: str, now: datetime) -> str:
+        """The JSON field a broken rule concerns: `signals[i].<part>` of the first signal that
+        breaks it on its own, else the whole event."""
+        part = _SIGNAL_FIELDS.get(rule)
+        for i, signal in enumerate(ev.signals if part else ()):
+            if any(v.rule == rule for v in self._violations(
+                    dataclasses.replace(ev, signals=(signal,)), now)):
+                return f"signals[{i}].{part}"
+        return "event"
 
     def _check_overlap(self, ev: Event, ven_ids: list[str]) -> None:
         """No two live events of one market context may overlap for the same VEN."""
