@@ -74,3 +74,16 @@ async def test_operator_commands(tmp_path: Path, capsys: pytest.CaptureFixture[s
         bad.write_text(json.dumps({"market_context": "x", "signals": []}))
         code, err = await run("event", "create", "--file", str(bad))
         assert code == 1 and "400" in err
+
+
+async def test_openapi_document_lists_every_route() -> None:
+    from tests.vtnkit import api
+    from vtn.api import ROUTES
+
+    async with running_vtn() as vtn:
+        status, doc = await api(vtn, "GET", "/api/openapi.json")
+        assert status == 200 and doc["openapi"].startswith("3.")
+        listed = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
+        assert listed == {(r.method, r.path) for r in ROUTES}
+        status, health = await api(vtn, "GET", "/api/health")
+        assert status == 200 and health["vtn_id"] == "TEST-VTN"
