@@ -75,14 +75,14 @@ def test_event_delivery_lifecycle(store: VtnStore) -> None:
     assert store.has_due_delivery("a") and store.has_due_delivery("b")
     store.mark_distributed("a", [("e1", 0, True)], now)
     assert store.has_due_delivery("a"), "always-response events stay due until acknowledged"
-    store.record_event_response("a", "e1", 0, OptType.OPT_IN, 200, now)
+    assert store.record_event_responses("a", [("e1", 0, OptType.OPT_IN, 200)], now) is None
     assert not store.has_due_delivery("a")
     store.save_event(ev, ["b"])  # retargeted: a gets one more distribute without it
     assert store.has_due_delivery("a")
     assert [d.ven_id for d in store.deliveries_for_event("e1") if d.removed] == ["a"]
     store.mark_distributed("a", [], now)
     assert [d.ven_id for d in store.deliveries_for_event("e1")] == ["b"]
-    assert store.record_event_response("a", "e1", 0, OptType.OPT_IN, 200, now) is None
+    assert store.record_event_responses("a", [("e1", 0, OptType.OPT_IN, 200)], now) == "e1"
 
 
 def test_outbox_resend_and_ack(store: VtnStore) -> None:

@@ -227,14 +227,11 @@ class VtnHandlers(Router[Ctx]):
     @on(CreatedEvent, ResponseMessage)
     async def on_created_event(self, msg: CreatedEvent, ctx: Ctx) -> ResponseMessage:
         ven = self.authenticate(msg.ven_id, ctx)
-        for answer in msg.event_responses:  # all or nothing: check every answer before recording
-            if not any(d.ven_id == ven.ven_id and not d.removed
-                       for d in self.store.deliveries_for_event(answer.event_id)):
-                raise InvalidId(f"eventID {answer.event_id} is not an event of {ven.ven_id}")
-        for answer in msg.event_responses:
-            self.store.record_event_response(
-                ven.ven_id, answer.event_id, answer.modification_number, answer.opt_type,
-                answer.code, ctx.now)
+        stranger = self.store.record_event_responses(
+            ven.ven_id, [(a.event_id, a.modification_number, a.opt_type, a.code)
+                         for a in msg.event_responses], ctx.now)
+        if stranger is not None:
+            raise InvalidId(f"eventID {stranger} is not an event of {ven.ven_id}")
         return ResponseMessage(response=ok(msg.response.request_id), ven_id=ven.ven_id)
 
     # --- poll ---------------------------------------------------------------------------
@@ -363,9 +360,9 @@ class VtnHandlers(Router[Ctx]):
     async def on_create_opt(self, msg: CreateOpt, ctx: Ctx) -> CreatedOpt:
         ven = self.authenticate(msg.ven_id, ctx)
         if msg.event_id is not None:
-            answer = self.store.record_event_response(
-                ven.ven_id, msg.event_id, msg.modification_number or 0, msg.opt_type, 200, ctx.now)
-            if answer is None:
+            if self.store.record_event_responses(
+                    ven.ven_id, [(msg.event_id, msg.modification_number or 0, msg.opt_type, 200)],
+                    ctx.now) is not None:
                 raise InvalidId(f"eventID {msg.event_id} is not an event of {ven.ven_id}")
         self.store.save_opt(OptRecord(
             opt_id=msg.opt_id, ven_id=ven.ven_id, opt_type=msg.opt_type,

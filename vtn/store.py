@@ -259,6 +259,11 @@ def _opt(row: OptRow) -> OptRecord:
     )
 
 
+class _NotYours(Exception):
+    def __init__(self, event_id: str) -> None:
+        self.event_id = event_id
+
+
 class VtnStore:
     """All VTN state. Methods are synchronous, short, and each runs in one transaction."""
 
@@ -424,13 +429,26 @@ class VtnStore:
             s.execute(delete(DeliveryRow).where(
                 DeliveryRow.ven_id == ven_id, DeliveryRow.removed == True))  # noqa: E712
 
-    def record_event_response(self, ven_id: str, event_id: str, mod: int, opt: OptType,
-                              code: int, now: datetime) -> Delivery | None:
-        """Record a VEN's oadrCreatedEvent answer; None if the event is not the VEN's."""
-        with self._tx() as s:
+    def record_event_responses(self, ven_id: str, answers: Sequence[tuple[str, int, OptType, int]],
+                               now: datetime) -> str | None:
+        """Record a VEN's answers (event_id, modificationNumber, opt, code), all or nothing.
+
+        Returns the first eventID that is not this VEN's (nothing recorded then), else None.
+        """
+        try:
+            with self._tx() as s:
+                self._record_answers(s, ven_id, answers, now)
+        except _NotYours as exc:
+            return exc.event_id
+        return None
+
+    @staticmethod
+    def _record_answers(s: Session, ven_id: str,
+                        answers: Sequence[tuple[str, int, OptType, int]], now: datetime) -> None:
+        for event_id, mod, opt, code in answers:
             row = s.get(DeliveryRow, (ven_id, event_id))
             if row is None or row.removed:
-                return None
+                raise _NotYours(event_id)  # rolls the whole answer back
             ev = s.get(EventRow, event_id)
             current = ev.modification_number if ev else mod
             row.acked_mod = max(row.acked_mod, mod)
@@ -439,7 +457,6 @@ class VtnStore:
             row.responded_at = now
             if row.acked_mod >= current and row.delivered_mod >= current:
                 row.due = False
-            return _delivery(row)
 
     def close_finished(self, ven_id: str, event_ids: Sequence[str]) -> None:
         """Stop sending events that are over for this VEN (completed, or cancelled and
