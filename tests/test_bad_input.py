@@ -288,11 +288,9 @@ async def test_bad_message_refused_without_side_effects(bad: Bad, pki: Pki) -> N
         keys = (SigningKey.load(pki.ven_rsa.cert_pem, pki.ven_rsa.key_pem),
                 SigningKey.load(pki.ven_ecc.cert_pem, pki.ven_ecc.key_pem))
         vtn_key = SigningKey.load(pki.vtn_rsa.cert_pem, pki.vtn_rsa.key_pem)
-    async with running_vtn(poll_freq=POLL, require_signatures=bad.signed,
-                           signing_key=vtn_key) as vtn:
+    async with running_vtn(poll_freq=POLL, require_signatures=bad.signed, signing_key=vtn_key,
+                           max_body_bytes=bad.limit or 1_048_576) as vtn:
         world = await build_world(vtn, keys)
-        if bad.limit is not None:
-            vtn.deps.max_body_bytes = bad.limit  # read on every request
         before = snapshot(vtn)
 
         reply = await world.good.post(bad.service, bad.body(world))

@@ -16,7 +16,7 @@ from lxml import etree
 
 from adrgate.services import make_engine
 from oadr import conformance
-from oadr.signing import InMemoryReplayCache, SigningKey
+from oadr.signing import InMemoryReplayCache, ReplayCache, SigningKey
 from vtn.api import OPERATOR
 from vtn.app import VtnDeps, make_app
 from vtn.handlers import VtnConfig
@@ -48,14 +48,16 @@ def utcnow() -> datetime:
 @asynccontextmanager
 async def running_vtn(database_url: str = "sqlite://", *, ssl_context: ssl.SSLContext | None = None,
                       signing_key: SigningKey | None = None, require_signatures: bool = False,
+                      replay: ReplayCache | None = None, max_body_bytes: int = 1_048_576,
                       **config: Any) -> AsyncIterator[Vtn]:
     """A VTN on 127.0.0.1 (a free port) over a fresh or given database."""
     store = VtnStore(make_engine(database_url))
     store.create_schema()
     config.setdefault("vtn_id", "TEST-VTN")
     deps = VtnDeps(store=store, config=VtnConfig(**config),
-                   replay=InMemoryReplayCache(clock=utcnow), signing_key=signing_key,
-                   require_signatures=require_signatures)
+                   replay=replay if replay is not None else InMemoryReplayCache(clock=utcnow),
+                   signing_key=signing_key, require_signatures=require_signatures,
+                   max_body_bytes=max_body_bytes)
     app = make_app(deps)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
