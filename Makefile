@@ -1,9 +1,10 @@
-# adrgate: `make run` starts the VTN, `make test` runs the test suite; both set up .venv first.
+# adrgate: `make run` starts the VTN, `make test` type-checks (mypy --strict) then runs the test
+# suite; both set up .venv first.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench clean
+.PHONY: run typecheck test bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,11 +15,14 @@ $(VENV)/.installed: pyproject.toml
 run: $(VENV)/.installed
 	$(BIN)/adrgate vtn
 
-test: $(VENV)/.installed
+typecheck: $(VENV)/.installed
+	$(BIN)/mypy
+
+test: typecheck
 	$(BIN)/pytest -q
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m bench.poll_rate
 
 clean:
-	rm -rf $(VENV) data .pytest_cache
+	rm -rf $(VENV) data .pytest_cache .mypy_cache

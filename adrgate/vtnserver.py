@@ -57,9 +57,10 @@ def serve(settings: Settings) -> None:
         ssl_ctx = None
         if settings.secure:
             assert settings.tls_cert and settings.tls_key and settings.tls_ca
-            extra = [(settings.tls_ecc_cert, settings.tls_ecc_key)] if settings.tls_ecc_cert else []
+            ecc_cert, ecc_key = settings.tls_ecc_cert, settings.tls_ecc_key  # both or neither
+            extra = [(ecc_cert, ecc_key)] if ecc_cert and ecc_key else []
             ssl_ctx = server_context(settings.tls_cert, settings.tls_key, settings.tls_ca,
-                                     extra_chains=extra)  # type: ignore[arg-type]
+                                     extra_chains=extra)
         scheme = "https" if ssl_ctx else "http"
         log.info("VTN %s serving %s://%s:%s (database %s)", settings.vtn_id, scheme,
                  settings.host, settings.port, settings.database_url.split("@")[-1])

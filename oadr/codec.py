@@ -11,8 +11,8 @@ Rules of this file:
      raises `UnknownMessage` (400).
   3. XSD validation of the whole document: `InvalidData` (454) naming the first schema errors and
      the requestID when one can be found, so the answer can echo it.
-  4. `verify(root)`, when given: it checks the XML signature and returns the signer's fingerprint;
-     it raises its own `AdrError`s.
+  4. `verify(root)`, when given: it checks the XML signature and returns the signer's fingerprint
+     (None when it lets an unsigned message through); it raises its own `AdrError`s.
   5. Decoding into the dataclass. A `ValueError`/`KeyError`/lxml error here, or an invariant
      broken in a message's `__post_init__`, is `InvalidData` (454), never a bare exception.
 - `serialize` blames us: it builds the tree with lxml (no templates), wraps it in `oadrPayload`
@@ -75,7 +75,7 @@ def parse(
     data: bytes,
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
-    verify: Callable[[etree._Element], str] | None = None,
+    verify: Callable[[etree._Element], str | None] | None = None,
 ) -> Received:
     """Parse one oadrPayload document from a peer.
 

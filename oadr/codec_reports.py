@@ -147,12 +147,11 @@ def put_description(parent: Element, d: ReportDescription) -> None:
     put(el, EI, "readingType", d.reading_type)
     if d.market_context is not None:
         put(el, EMIX, "marketContext", d.market_context)
-    if d.min_period is not None or d.max_period is not None:
+    periods = [p for p in (d.min_period, d.max_period) if p is not None]
+    if periods:  # one given: it is both bounds
         rate = sub(el, OADR, "oadrSamplingRate")
-        low = d.min_period if d.min_period is not None else d.max_period
-        high = d.max_period if d.max_period is not None else d.min_period
-        put(rate, OADR, "oadrMinPeriod", format_duration(low))  # type: ignore[arg-type]
-        put(rate, OADR, "oadrMaxPeriod", format_duration(high))  # type: ignore[arg-type]
+        put(rate, OADR, "oadrMinPeriod", format_duration(periods[0]))
+        put(rate, OADR, "oadrMaxPeriod", format_duration(periods[-1]))
         put(rate, OADR, "oadrOnChange", fmt_bool(d.on_change))
 
 

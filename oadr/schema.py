@@ -91,4 +91,4 @@ def schema_errors(root: etree._Element) -> list[str]:
     """Return the XSD violations of `root` (empty when valid)."""
     if XSD.validate(root):
         return []
-    return [f"line {e.line}: {e.message}" for e in XSD.error_log]  # type: ignore[attr-defined]
+    return [f"line {e.line}: {e.message}" for e in XSD.error_log]

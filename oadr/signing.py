@@ -162,7 +162,7 @@ def envelope(signed_object: etree._Element) -> etree._Element:
         ValueError: `signed_object` is not an `oadr:oadrSignedObject`.
     """
     if signed_object.tag != _SIGNED_OBJECT:
-        raise ValueError(f"expected oadr:oadrSignedObject, got {signed_object.tag}")
+        raise ValueError(f"expected oadr:oadrSignedObject, got {signed_object.tag!r}")
     # Only `oadr` is declared on the envelope: an extra in-scope namespace would change the
     # inclusive canonical form of the signed object between signer and verifier.
     payload = etree.Element(_PAYLOAD, nsmap={"oadr": OADR})

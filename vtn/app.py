@@ -14,11 +14,12 @@ from datetime import datetime, timezone
 from functools import partial
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from lxml import etree
 
 from oadr import codec
 from oadr.errors import AdrError, MalformedMessage, NotRecognized
-from oadr.messages import SERVICE_OF, ResponseMessage, error_response
+from oadr.messages import SERVICE_OF, Message, ResponseMessage, error_response
 from oadr.schema import DS
 from oadr.signing import ReplayCache, SigningKey, sign, verify
 
@@ -85,7 +86,7 @@ async def openadr_view(request: web.Request) -> web.Response:
             raise web.HTTPForbidden(text="this VTN accepts OpenADR over TLS only")
         data = await request.read()
         received = codec.parse(data, max_bytes=deps.max_body_bytes,
-                               verify=_verifier(deps, now))  # type: ignore[arg-type]
+                               verify=_verifier(deps, now))
         msg = received.message
         request_id = getattr(msg, "request_id", "") or ""
         ven_id = getattr(msg, "ven_id", None)
@@ -105,12 +106,12 @@ async def openadr_view(request: web.Request) -> web.Response:
     return _xml_response(deps, reply)
 
 
-def _xml_response(deps: VtnDeps, reply: object) -> web.Response:
+def _xml_response(deps: VtnDeps, reply: Message) -> web.Response:
     signer = None
     if deps.signing_key is not None:
         signer = partial(sign, key=deps.signing_key, now=deps.clock(), nonce=deps.new_id())
     try:
-        body = codec.serialize(reply, sign=signer)  # type: ignore[arg-type]
+        body = codec.serialize(reply, sign=signer)
     except Exception:
         log.exception("could not serialize %s", type(reply).__name__)
         body = codec.serialize(error_response(RuntimeError()), sign=signer)
@@ -118,7 +119,7 @@ def _xml_response(deps: VtnDeps, reply: object) -> web.Response:
 
 
 @web.middleware
-async def json_errors(request: web.Request, handler: Callable) -> web.StreamResponse:  # type: ignore[type-arg]
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Operator API errors as JSON; unexpected exceptions as 500 with a logged traceback."""
     try:
         return await handler(request)

@@ -11,11 +11,11 @@ import dataclasses
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import JSON, Column, Engine, delete, func, update
 from sqlalchemy import DateTime as SaDateTime
-from sqlmodel import Field, Session, SQLModel, select
+from sqlmodel import Field, Session, SQLModel, col, select
 
 from oadr.messages import (
     Event, EventStatus, ItemBase, LoadControlState, OptType, ReportDescription, ResourceStatus,
@@ -37,7 +37,10 @@ def _json(default: Any = None) -> Any:
     return Field(default=default, sa_column=Column(JSON, nullable=True))
 
 
-def _utc(dt: datetime | None) -> datetime | None:
+_Dt = TypeVar("_Dt", datetime, datetime | None)
+
+
+def _utc(dt: _Dt) -> _Dt:
     # SQLite returns naive datetimes; everything stored is UTC
     if dt is None or dt.tzinfo is not None:
         return dt
@@ -253,7 +256,7 @@ def _opt(row: OptRow) -> OptRecord:
         opt_reason=row.opt_reason, created=_utc(row.created) or datetime.min,
         market_context=row.market_context, event_id=row.event_id,
         modification_number=row.modification_number,
-        availability=tuple((_utc(datetime.fromisoformat(a)), float(s))  # type: ignore[misc]
+        availability=tuple((_utc(datetime.fromisoformat(a)), float(s))
                            for a, s in (row.availability or ())),
         targets=targets_from_json(row.targets or {}), cancelled_at=_utc(row.cancelled_at),
     )
@@ -288,22 +291,23 @@ class VtnStore:
 
     def ven_by_name(self, ven_name: str) -> VenRecord | None:
         with Session(self.engine) as s:
-            row = s.exec(select(VenRow).where(VenRow.ven_name == ven_name)).first()
+            row = s.exec(select(VenRow).where(col(VenRow.ven_name) == ven_name)).first()
             return _ven(row) if row else None
 
     def ven_by_registration(self, registration_id: str) -> VenRecord | None:
         with Session(self.engine) as s:
-            row = s.exec(select(VenRow).where(VenRow.registration_id == registration_id)).first()
+            row = s.exec(select(VenRow).where(
+                col(VenRow.registration_id) == registration_id)).first()
             return _ven(row) if row else None
 
     def ven_by_fingerprint(self, fingerprint: str) -> VenRecord | None:
         with Session(self.engine) as s:
-            row = s.exec(select(VenRow).where(VenRow.fingerprint == fingerprint)).first()
+            row = s.exec(select(VenRow).where(col(VenRow.fingerprint) == fingerprint)).first()
             return _ven(row) if row else None
 
     def list_vens(self) -> list[VenRecord]:
         with Session(self.engine) as s:
-            return [_ven(r) for r in s.exec(select(VenRow).order_by(VenRow.ven_name))]
+            return [_ven(r) for r in s.exec(select(VenRow).order_by(col(VenRow.ven_name)))]
 
     def save_ven(self, ven: VenRecord) -> VenRecord:
         """Insert or replace a VEN record."""
@@ -326,8 +330,8 @@ class VtnStore:
             if row is None:
                 return False
             s.delete(row)
-            s.execute(delete(DeliveryRow).where(DeliveryRow.ven_id == ven_id))
-            s.execute(delete(OutboxRow).where(OutboxRow.ven_id == ven_id))
+            s.exec(delete(DeliveryRow).where(col(DeliveryRow.ven_id) == ven_id))
+            s.exec(delete(OutboxRow).where(col(OutboxRow.ven_id) == ven_id))
             return True
 
     # --- programs -----------------------------------------------------------------------
@@ -339,7 +343,7 @@ class VtnStore:
     def list_programs(self) -> list[tuple[str, str, str]]:
         with Session(self.engine) as s:
             return [(r.market_context, r.name, r.description)
-                    for r in s.exec(select(ProgramRow).order_by(ProgramRow.name))]
+                    for r in s.exec(select(ProgramRow).order_by(col(ProgramRow.name)))]
 
     # --- events and deliveries ----------------------------------------------------------
 
@@ -362,7 +366,7 @@ class VtnStore:
             row.modification_reason = ev.modification_reason
             row.body = body
             existing = {d.ven_id: d for d in s.exec(
-                select(DeliveryRow).where(DeliveryRow.event_id == ev.event_id))}
+                select(DeliveryRow).where(col(DeliveryRow.event_id) == ev.event_id))}
             for ven_id in wanted:
                 d = existing.get(ven_id)
                 if d is None:
@@ -389,27 +393,27 @@ class VtnStore:
 
     def list_events(self) -> list[EventRecord]:
         with Session(self.engine) as s:
-            return [_event(r) for r in s.exec(select(EventRow).order_by(EventRow.created))]
+            return [_event(r) for r in s.exec(select(EventRow).order_by(col(EventRow.created)))]
 
     def deliveries_for_event(self, event_id: str) -> list[Delivery]:
         with Session(self.engine) as s:
             return [_delivery(r) for r in s.exec(
-                select(DeliveryRow).where(DeliveryRow.event_id == event_id)
-                .order_by(DeliveryRow.ven_id))]
+                select(DeliveryRow).where(col(DeliveryRow.event_id) == event_id)
+                .order_by(col(DeliveryRow.ven_id)))]
 
     def has_due_delivery(self, ven_id: str) -> bool:
         with Session(self.engine) as s:
             return s.exec(select(DeliveryRow.event_id).where(
-                DeliveryRow.ven_id == ven_id, DeliveryRow.due == True)  # noqa: E712
+                col(DeliveryRow.ven_id) == ven_id, col(DeliveryRow.due) == True)  # noqa: E712
                 .limit(1)).first() is not None
 
     def ven_events(self, ven_id: str) -> list[tuple[Delivery, EventRecord]]:
         """The VEN's open deliveries (not removed, not finished) with their events."""
         with Session(self.engine) as s:
             rows = s.exec(select(DeliveryRow, EventRow).join(
-                EventRow, EventRow.event_id == DeliveryRow.event_id).where(
-                DeliveryRow.ven_id == ven_id, DeliveryRow.removed == False,  # noqa: E712
-                DeliveryRow.finished == False))  # noqa: E712
+                EventRow, col(EventRow.event_id) == col(DeliveryRow.event_id)).where(
+                col(DeliveryRow.ven_id) == ven_id, col(DeliveryRow.removed) == False,  # noqa: E712
+                col(DeliveryRow.finished) == False))  # noqa: E712
             return [(_delivery(d), _event(e)) for d, e in rows]
 
     def mark_distributed(self, ven_id: str, sent: Sequence[tuple[str, int, bool]],
@@ -426,8 +430,8 @@ class VtnStore:
                 row.delivered_mod = mod
                 row.delivered_at = now
                 row.due = needs_ack and row.acked_mod < mod
-            s.execute(delete(DeliveryRow).where(
-                DeliveryRow.ven_id == ven_id, DeliveryRow.removed == True))  # noqa: E712
+            s.exec(delete(DeliveryRow).where(
+                col(DeliveryRow.ven_id) == ven_id, col(DeliveryRow.removed) == True))  # noqa: E712
 
     def record_event_responses(self, ven_id: str, answers: Sequence[tuple[str, int, OptType, int]],
                                now: datetime) -> str | None:
@@ -464,8 +468,8 @@ class VtnStore:
         if not event_ids:
             return
         with self._tx() as s:
-            s.execute(update(DeliveryRow).where(
-                DeliveryRow.ven_id == ven_id, DeliveryRow.event_id.in_(event_ids))  # type: ignore[attr-defined]
+            s.exec(update(DeliveryRow).where(
+                col(DeliveryRow.ven_id) == ven_id, col(DeliveryRow.event_id).in_(event_ids))
                 .values(finished=True, due=False))
 
     # --- outbox -------------------------------------------------------------------------
@@ -481,8 +485,8 @@ class VtnStore:
         """The oldest unacknowledged item never sent, or sent before `resend_before`."""
         with Session(self.engine) as s:
             rows = s.exec(select(OutboxRow).where(
-                OutboxRow.ven_id == ven_id, OutboxRow.acked_at == None)  # noqa: E711
-                .order_by(OutboxRow.id))
+                col(OutboxRow.ven_id) == ven_id, col(OutboxRow.acked_at) == None)  # noqa: E711
+                .order_by(col(OutboxRow.id)))
             for row in rows:
                 sent = _utc(row.sent_at)
                 if sent is None or sent < resend_before:
@@ -491,23 +495,24 @@ class VtnStore:
 
     def mark_sent(self, item_id: int, now: datetime) -> None:
         with self._tx() as s:
-            s.execute(update(OutboxRow).where(OutboxRow.id == item_id).values(sent_at=now))
+            s.exec(update(OutboxRow).where(col(OutboxRow.id) == item_id).values(sent_at=now))
 
     def ack_outbox(self, ven_id: str, kind: OutboxKind, now: datetime,
                    ref: str | None = None) -> int:
         """Acknowledge the VEN's pending items of `kind` (and `ref` if given); returns count."""
         with self._tx() as s:
-            q = update(OutboxRow).where(OutboxRow.ven_id == ven_id, OutboxRow.kind == str(kind),
-                                        OutboxRow.acked_at == None)  # noqa: E711
+            q = update(OutboxRow).where(
+                col(OutboxRow.ven_id) == ven_id, col(OutboxRow.kind) == str(kind),
+                col(OutboxRow.acked_at) == None)  # noqa: E711
             if ref is not None:
-                q = q.where(OutboxRow.ref == ref)
-            return s.execute(q.values(acked_at=now)).rowcount  # type: ignore[attr-defined]
+                q = q.where(col(OutboxRow.ref) == ref)
+            return s.exec(q.values(acked_at=now)).rowcount
 
     def pending_outbox(self, ven_id: str) -> list[OutboxItem]:
         with Session(self.engine) as s:
             return [_outbox(r) for r in s.exec(select(OutboxRow).where(
-                OutboxRow.ven_id == ven_id, OutboxRow.acked_at == None)  # noqa: E711
-                .order_by(OutboxRow.id))]
+                col(OutboxRow.ven_id) == ven_id, col(OutboxRow.acked_at) == None)  # noqa: E711
+                .order_by(col(OutboxRow.id)))]
 
     # --- reports ------------------------------------------------------------------------
 
@@ -525,7 +530,7 @@ class VtnStore:
                 ven_id=r.ven_id, report_specifier_id=r.report_specifier_id,
                 report_name=r.report_name,
                 descriptions=tuple(_description_from_json(d) for d in r.descriptions or ()))
-                for r in s.exec(select(ReportMetaRow).where(ReportMetaRow.ven_id == ven_id))]
+                for r in s.exec(select(ReportMetaRow).where(col(ReportMetaRow.ven_id) == ven_id))]
 
     def save_report_requests(self, requests: Sequence[ReportRequestRecord]) -> None:
         with self._tx() as s:
@@ -537,7 +542,7 @@ class VtnStore:
     def report_requests(self, ven_id: str) -> list[ReportRequestRecord]:
         with Session(self.engine) as s:
             return [_request(r) for r in s.exec(select(ReportRequestRow).where(
-                ReportRequestRow.ven_id == ven_id).order_by(ReportRequestRow.created))]
+                col(ReportRequestRow.ven_id) == ven_id).order_by(col(ReportRequestRow.created)))]
 
     def get_report_request(self, report_request_id: str) -> ReportRequestRecord | None:
         with Session(self.engine) as s:
@@ -546,8 +551,8 @@ class VtnStore:
 
     def set_report_request_status(self, ids: Sequence[str], status: str) -> None:
         with self._tx() as s:
-            s.execute(update(ReportRequestRow).where(
-                ReportRequestRow.report_request_id.in_(ids))  # type: ignore[attr-defined]
+            s.exec(update(ReportRequestRow).where(
+                col(ReportRequestRow.report_request_id).in_(ids))
                 .values(status=status))
 
     def add_report_values(self, values: Sequence[ReportValue]) -> None:
@@ -567,13 +572,13 @@ class VtnStore:
     def report_values(self, ven_id: str, limit: int = 1000) -> list[ReportValue]:
         with Session(self.engine) as s:
             return [_value(r) for r in s.exec(select(ReportValueRow).where(
-                ReportValueRow.ven_id == ven_id).order_by(ReportValueRow.id.desc())  # type: ignore[union-attr]
+                col(ReportValueRow.ven_id) == ven_id).order_by(col(ReportValueRow.id).desc())
                 .limit(limit))]
 
     def count_report_values(self, ven_id: str) -> int:
         with Session(self.engine) as s:
             return s.exec(select(func.count()).select_from(ReportValueRow).where(
-                ReportValueRow.ven_id == ven_id)).one()
+                col(ReportValueRow.ven_id) == ven_id)).one()
 
     # --- opts ---------------------------------------------------------------------------
 
@@ -594,7 +599,7 @@ class VtnStore:
 
     def list_opts(self, ven_id: str | None = None) -> list[OptRecord]:
         with Session(self.engine) as s:
-            q = select(OptRow).order_by(OptRow.created)
+            q = select(OptRow).order_by(col(OptRow.created))
             if ven_id is not None:
-                q = q.where(OptRow.ven_id == ven_id)
+                q = q.where(col(OptRow.ven_id) == ven_id)
             return [_opt(r) for r in s.exec(q)]
