@@ -335,3 +335,17 @@ def _parse_timestamp(text: str) -> datetime:
     if value.utcoffset() is None:
         raise ValueError(f"ReplayProtect timestamp {text!r} has no time zone")
     return value
+
+
+def verifier(*, replay: ReplayCache, now: datetime, required: bool
+             ) -> Callable[[etree._Element], str | None]:
+    """The `verify` step for `codec.parse`: check a signature when one is present, and demand
+    one when `required`. Returns the signer's fingerprint, or None for an accepted unsigned
+    payload."""
+
+    def check(payload: etree._Element) -> str | None:
+        if not required and payload.find(_SIGNATURE) is None:
+            return None
+        return verify(payload, expected_fingerprint=None, replay=replay, now=now)
+
+    return check

@@ -15,13 +15,11 @@ from functools import partial
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from lxml import etree
 
 from oadr import codec
 from oadr.errors import AdrError, MalformedMessage, NotRecognized
 from oadr.messages import SERVICE_OF, Message, ResponseMessage, error_response
-from oadr.schema import DS
-from oadr.signing import ReplayCache, SigningKey, sign, verify
+from oadr.signing import ReplayCache, SigningKey, sign, verifier
 
 from .handlers import Ctx, VtnConfig, VtnHandlers
 from .store import VtnStore
@@ -68,14 +66,6 @@ def peer_fingerprint(request: web.Request) -> str | None:
     return from_ssl(ssl_object) if ssl_object is not None else None
 
 
-def _verifier(deps: VtnDeps, now: datetime) -> Callable[[etree._Element], str | None]:
-    def check(root: etree._Element) -> str | None:
-        if not deps.require_signatures and root.find(f"{{{DS}}}Signature") is None:
-            return None
-        return verify(root, expected_fingerprint=None, replay=deps.replay, now=now)
-    return check
-
-
 async def openadr_view(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
     service = request.match_info["service"]
@@ -86,7 +76,8 @@ async def openadr_view(request: web.Request) -> web.Response:
             raise web.HTTPForbidden(text="this VTN accepts OpenADR over TLS only")
         data = await request.read()
         received = codec.parse(data, max_bytes=deps.max_body_bytes,
-                               verify=_verifier(deps, now))
+                               verify=verifier(replay=deps.replay, now=now,
+                                                required=deps.require_signatures))
         msg = received.message
         request_id = getattr(msg, "request_id", "") or ""
         ven_id = getattr(msg, "ven_id", None)

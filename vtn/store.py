@@ -1,4 +1,4 @@
-"""The VTN's durable state: SQLModel tables on SQLite (default) or PostgreSQL.
+"""The VTN's durable state, on SQLite (default) or PostgreSQL; tables live in `vtn.tables`.
 
 Every public method is one transaction, so a failed request never leaves a half-written record.
 Typed records from `vtn.records` go in and out; rows never leave this module. Fast handler tests
@@ -10,256 +10,23 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
-from typing import Any, TypeVar
+from datetime import datetime
 
-from sqlalchemy import JSON, Column, Engine, delete, func, update
-from sqlalchemy import DateTime as SaDateTime
-from sqlmodel import Field, Session, SQLModel, col, select
+from sqlalchemy import Engine, delete, func, update
+from sqlmodel import Session, SQLModel, col, select
 
-from oadr.messages import (
-    Event, EventStatus, ItemBase, LoadControlState, OptType, ReportDescription, ResourceStatus,
-)
-from oadr.isotime import format_duration, parse_duration
+from oadr.messages import Event, OptType
 
-from .eventjson import event_from_json, event_to_json, targets_from_json, targets_to_json
+from .eventjson import event_to_json, targets_to_json
 from .records import (
     Delivery, EventRecord, MetadataReport, OptRecord, OutboxItem, OutboxKind, ReportRequestRecord,
-    ReportValue, VenRecord, VenStatus,
+    ReportValue, VenRecord,
 )
-
-
-def _ts() -> Any:
-    return Field(default=None, sa_column=Column(SaDateTime(timezone=True), nullable=True))
-
-
-def _json(default: Any = None) -> Any:
-    return Field(default=default, sa_column=Column(JSON, nullable=True))
-
-
-_Dt = TypeVar("_Dt", datetime, datetime | None)
-
-
-def _utc(dt: _Dt) -> _Dt:
-    # SQLite returns naive datetimes; everything stored is UTC
-    if dt is None or dt.tzinfo is not None:
-        return dt
-    return dt.replace(tzinfo=timezone.utc)
-
-
-class VenRow(SQLModel, table=True):
-    __tablename__ = "ven"
-    ven_id: str = Field(primary_key=True)
-    ven_name: str = Field(index=True, unique=True)
-    status: str
-    registration_id: str | None = Field(default=None, index=True)
-    fingerprint: str | None = None
-    http_pull_model: bool = True
-    transport_address: str | None = None
-    xml_signature: bool = False
-    report_only: bool = False
-    profile_name: str = "2.0b"
-    party_id: str | None = None
-    programs: list[str] | None = _json()
-    groups: list[str] | None = _json()
-    resources: list[str] | None = _json()
-    created: datetime | None = _ts()
-    registered_at: datetime | None = _ts()
-
-
-class ProgramRow(SQLModel, table=True):
-    __tablename__ = "program"
-    market_context: str = Field(primary_key=True)
-    name: str
-    description: str = ""
-
-
-class EventRow(SQLModel, table=True):
-    __tablename__ = "event"
-    event_id: str = Field(primary_key=True)
-    modification_number: int
-    cancelled: bool = False
-    created: datetime | None = _ts()
-    modified: datetime | None = _ts()
-    modification_reason: str | None = None
-    body: dict[str, Any] | None = _json()
-
-
-class DeliveryRow(SQLModel, table=True):
-    __tablename__ = "delivery"
-    ven_id: str = Field(primary_key=True)
-    event_id: str = Field(primary_key=True, index=True)
-    delivered_mod: int = -1
-    delivered_at: datetime | None = _ts()
-    acked_mod: int = -1
-    opt_type: str | None = None
-    response_code: int | None = None
-    responded_at: datetime | None = _ts()
-    removed: bool = False
-    finished: bool = False  # completed, or cancelled and acknowledged: kept as history
-    # a distribute is owed to this VEN (new modification not yet delivered or acknowledged)
-    due: bool = Field(default=True, index=True)
-
-
-class OutboxRow(SQLModel, table=True):
-    __tablename__ = "outbox"
-    id: int | None = Field(default=None, primary_key=True)
-    ven_id: str = Field(index=True)
-    kind: str
-    ref: str
-    created: datetime | None = _ts()
-    sent_at: datetime | None = _ts()
-    acked_at: datetime | None = _ts()
-
-
-class ReportMetaRow(SQLModel, table=True):
-    __tablename__ = "report_metadata"
-    ven_id: str = Field(primary_key=True)
-    report_specifier_id: str = Field(primary_key=True)
-    report_name: str
-    descriptions: list[dict[str, Any]] | None = _json()
-
-
-class ReportRequestRow(SQLModel, table=True):
-    __tablename__ = "report_request"
-    report_request_id: str = Field(primary_key=True)
-    ven_id: str = Field(index=True)
-    report_specifier_id: str
-    report_name: str
-    granularity_s: int
-    report_back_s: int
-    r_ids: list[str] | None = _json()
-    status: str = "requested"
-    via: str = "registered"
-    created: datetime | None = _ts()
-
-
-class ReportValueRow(SQLModel, table=True):
-    __tablename__ = "report_value"
-    id: int | None = Field(default=None, primary_key=True)
-    ven_id: str = Field(index=True)
-    report_request_id: str
-    report_specifier_id: str
-    report_name: str
-    r_id: str
-    resource_id: str | None = None
-    dtstart: datetime | None = _ts()
-    duration_s: float | None = None
-    value: float | None = None
-    online: bool | None = None
-    manual_override: bool | None = None
-    load_control: dict[str, Any] | None = _json()
-
-
-class OptRow(SQLModel, table=True):
-    __tablename__ = "opt"
-    ven_id: str = Field(primary_key=True)
-    opt_id: str = Field(primary_key=True)
-    opt_type: str
-    opt_reason: str
-    created: datetime | None = _ts()
-    market_context: str | None = None
-    event_id: str | None = None
-    modification_number: int | None = None
-    availability: list[list[Any]] | None = _json()
-    targets: dict[str, Any] | None = _json()
-    cancelled_at: datetime | None = _ts()
-
-
-# --- row <-> record ---------------------------------------------------------------------
-
-def _ven(row: VenRow) -> VenRecord:
-    return VenRecord(
-        ven_id=row.ven_id, ven_name=row.ven_name, status=VenStatus(row.status),
-        registration_id=row.registration_id, fingerprint=row.fingerprint,
-        http_pull_model=row.http_pull_model, transport_address=row.transport_address,
-        xml_signature=row.xml_signature, report_only=row.report_only,
-        profile_name=row.profile_name, party_id=row.party_id,
-        programs=tuple(row.programs or ()), groups=tuple(row.groups or ()),
-        resources=tuple(row.resources or ()), created=_utc(row.created),
-        registered_at=_utc(row.registered_at),
-    )
-
-
-def _event(row: EventRow) -> EventRecord:
-    ev = event_from_json(
-        row.body or {}, event_id=row.event_id, created=_utc(row.created) or datetime.now(timezone.utc),
-        modification_number=row.modification_number,
-        status=EventStatus.CANCELLED if row.cancelled else EventStatus.FAR,
-        modification_reason=row.modification_reason, modified=_utc(row.modified),
-    )
-    return EventRecord(event=ev, cancelled=row.cancelled)
-
-
-def _delivery(row: DeliveryRow) -> Delivery:
-    return Delivery(
-        ven_id=row.ven_id, event_id=row.event_id, delivered_mod=row.delivered_mod,
-        delivered_at=_utc(row.delivered_at), acked_mod=row.acked_mod,
-        opt_type=OptType(row.opt_type) if row.opt_type else None,
-        response_code=row.response_code, responded_at=_utc(row.responded_at),
-        removed=row.removed,
-    )
-
-
-def _outbox(row: OutboxRow) -> OutboxItem:
-    assert row.id is not None
-    return OutboxItem(id=row.id, ven_id=row.ven_id, kind=OutboxKind(row.kind), ref=row.ref,
-                      created=_utc(row.created) or datetime.min.replace(tzinfo=timezone.utc),
-                      sent_at=_utc(row.sent_at), acked_at=_utc(row.acked_at))
-
-
-def _request(row: ReportRequestRow) -> ReportRequestRecord:
-    return ReportRequestRecord(
-        report_request_id=row.report_request_id, ven_id=row.ven_id,
-        report_specifier_id=row.report_specifier_id, report_name=row.report_name,
-        granularity_s=row.granularity_s, report_back_s=row.report_back_s,
-        r_ids=tuple(row.r_ids or ()), status=row.status, via=row.via, created=_utc(row.created),
-    )
-
-
-def _description_to_json(d: ReportDescription) -> dict[str, Any]:
-    out = dataclasses.asdict(d)
-    for key in ("min_period", "max_period"):
-        out[key] = None if out[key] is None else format_duration(out[key])
-    return out
-
-
-def _description_from_json(d: dict[str, Any]) -> ReportDescription:
-    item = d.get("item_base")
-    return ReportDescription(
-        r_id=d["r_id"], report_type=d["report_type"], reading_type=d["reading_type"],
-        resource_id=d.get("resource_id"), market_context=d.get("market_context"),
-        item_base=ItemBase(**item) if item else None,
-        min_period=parse_duration(d["min_period"]) if d.get("min_period") else None,
-        max_period=parse_duration(d["max_period"]) if d.get("max_period") else None,
-        on_change=bool(d.get("on_change")),
-    )
-
-
-def _value(row: ReportValueRow) -> ReportValue:
-    status = None
-    if row.online is not None:
-        lc = row.load_control
-        status = ResourceStatus(online=row.online, manual_override=bool(row.manual_override),
-                                load_control=LoadControlState(**lc) if lc else None)
-    return ReportValue(
-        ven_id=row.ven_id, report_request_id=row.report_request_id,
-        report_specifier_id=row.report_specifier_id, r_id=row.r_id,
-        report_name=row.report_name, dtstart=_utc(row.dtstart) or datetime.min,
-        duration_s=row.duration_s, resource_id=row.resource_id, value=row.value, status=status,
-    )
-
-
-def _opt(row: OptRow) -> OptRecord:
-    return OptRecord(
-        opt_id=row.opt_id, ven_id=row.ven_id, opt_type=OptType(row.opt_type),
-        opt_reason=row.opt_reason, created=_utc(row.created) or datetime.min,
-        market_context=row.market_context, event_id=row.event_id,
-        modification_number=row.modification_number,
-        availability=tuple((_utc(datetime.fromisoformat(a)), float(s))
-                           for a, s in (row.availability or ())),
-        targets=targets_from_json(row.targets or {}), cancelled_at=_utc(row.cancelled_at),
-    )
+from .tables import (
+    DeliveryRow, EventRow, OptRow, OutboxRow, ProgramRow, ReportMetaRow, ReportRequestRow,
+    ReportValueRow, VenRow, as_utc, delivery_record, description_from_json, description_to_json,
+    event_record, opt_record, outbox_item, request_record, value_record, ven_record,
+)
 
 
 class _NotYours(Exception):
@@ -287,27 +54,27 @@ class VtnStore:
     def get_ven(self, ven_id: str) -> VenRecord | None:
         with Session(self.engine) as s:
             row = s.get(VenRow, ven_id)
-            return _ven(row) if row else None
+            return ven_record(row) if row else None
 
     def ven_by_name(self, ven_name: str) -> VenRecord | None:
         with Session(self.engine) as s:
             row = s.exec(select(VenRow).where(col(VenRow.ven_name) == ven_name)).first()
-            return _ven(row) if row else None
+            return ven_record(row) if row else None
 
     def ven_by_registration(self, registration_id: str) -> VenRecord | None:
         with Session(self.engine) as s:
             row = s.exec(select(VenRow).where(
                 col(VenRow.registration_id) == registration_id)).first()
-            return _ven(row) if row else None
+            return ven_record(row) if row else None
 
     def ven_by_fingerprint(self, fingerprint: str) -> VenRecord | None:
         with Session(self.engine) as s:
             row = s.exec(select(VenRow).where(col(VenRow.fingerprint) == fingerprint)).first()
-            return _ven(row) if row else None
+            return ven_record(row) if row else None
 
     def list_vens(self) -> list[VenRecord]:
         with Session(self.engine) as s:
-            return [_ven(r) for r in s.exec(select(VenRow).order_by(col(VenRow.ven_name)))]
+            return [ven_record(r) for r in s.exec(select(VenRow).order_by(col(VenRow.ven_name)))]
 
     def save_ven(self, ven: VenRecord) -> VenRecord:
         """Insert or replace a VEN record."""
@@ -389,15 +156,15 @@ class VtnStore:
     def get_event(self, event_id: str) -> EventRecord | None:
         with Session(self.engine) as s:
             row = s.get(EventRow, event_id)
-            return _event(row) if row else None
+            return event_record(row) if row else None
 
     def list_events(self) -> list[EventRecord]:
         with Session(self.engine) as s:
-            return [_event(r) for r in s.exec(select(EventRow).order_by(col(EventRow.created)))]
+            return [event_record(r) for r in s.exec(select(EventRow).order_by(col(EventRow.created)))]
 
     def deliveries_for_event(self, event_id: str) -> list[Delivery]:
         with Session(self.engine) as s:
-            return [_delivery(r) for r in s.exec(
+            return [delivery_record(r) for r in s.exec(
                 select(DeliveryRow).where(col(DeliveryRow.event_id) == event_id)
                 .order_by(col(DeliveryRow.ven_id)))]
 
@@ -414,7 +181,7 @@ class VtnStore:
                 EventRow, col(EventRow.event_id) == col(DeliveryRow.event_id)).where(
                 col(DeliveryRow.ven_id) == ven_id, col(DeliveryRow.removed) == False,  # noqa: E712
                 col(DeliveryRow.finished) == False))  # noqa: E712
-            return [(_delivery(d), _event(e)) for d, e in rows]
+            return [(delivery_record(d), event_record(e)) for d, e in rows]
 
     def mark_distributed(self, ven_id: str, sent: Sequence[tuple[str, int, bool]],
                          now: datetime) -> None:
@@ -479,7 +246,7 @@ class VtnStore:
             row = OutboxRow(ven_id=ven_id, kind=str(kind), ref=ref, created=now)
             s.add(row)
             s.flush()
-            return _outbox(row)
+            return outbox_item(row)
 
     def next_outbox(self, ven_id: str, resend_before: datetime) -> OutboxItem | None:
         """The oldest unacknowledged item never sent, or sent before `resend_before`."""
@@ -488,9 +255,9 @@ class VtnStore:
                 col(OutboxRow.ven_id) == ven_id, col(OutboxRow.acked_at) == None)  # noqa: E711
                 .order_by(col(OutboxRow.id)))
             for row in rows:
-                sent = _utc(row.sent_at)
+                sent = as_utc(row.sent_at)
                 if sent is None or sent < resend_before:
-                    return _outbox(row)
+                    return outbox_item(row)
             return None
 
     def mark_sent(self, item_id: int, now: datetime) -> None:
@@ -510,7 +277,7 @@ class VtnStore:
 
     def pending_outbox(self, ven_id: str) -> list[OutboxItem]:
         with Session(self.engine) as s:
-            return [_outbox(r) for r in s.exec(select(OutboxRow).where(
+            return [outbox_item(r) for r in s.exec(select(OutboxRow).where(
                 col(OutboxRow.ven_id) == ven_id, col(OutboxRow.acked_at) == None)  # noqa: E711
                 .order_by(col(OutboxRow.id)))]
 
@@ -522,14 +289,14 @@ class VtnStore:
                 s.merge(ReportMetaRow(
                     ven_id=rep.ven_id, report_specifier_id=rep.report_specifier_id,
                     report_name=rep.report_name,
-                    descriptions=[_description_to_json(d) for d in rep.descriptions]))
+                    descriptions=[description_to_json(d) for d in rep.descriptions]))
 
     def metadata(self, ven_id: str) -> list[MetadataReport]:
         with Session(self.engine) as s:
             return [MetadataReport(
                 ven_id=r.ven_id, report_specifier_id=r.report_specifier_id,
                 report_name=r.report_name,
-                descriptions=tuple(_description_from_json(d) for d in r.descriptions or ()))
+                descriptions=tuple(description_from_json(d) for d in r.descriptions or ()))
                 for r in s.exec(select(ReportMetaRow).where(col(ReportMetaRow.ven_id) == ven_id))]
 
     def save_report_requests(self, requests: Sequence[ReportRequestRecord]) -> None:
@@ -541,13 +308,13 @@ class VtnStore:
 
     def report_requests(self, ven_id: str) -> list[ReportRequestRecord]:
         with Session(self.engine) as s:
-            return [_request(r) for r in s.exec(select(ReportRequestRow).where(
+            return [request_record(r) for r in s.exec(select(ReportRequestRow).where(
                 col(ReportRequestRow.ven_id) == ven_id).order_by(col(ReportRequestRow.created)))]
 
     def get_report_request(self, report_request_id: str) -> ReportRequestRecord | None:
         with Session(self.engine) as s:
             row = s.get(ReportRequestRow, report_request_id)
-            return _request(row) if row else None
+            return request_record(row) if row else None
 
     def set_report_request_status(self, ids: Sequence[str], status: str) -> None:
         with self._tx() as s:
@@ -571,7 +338,7 @@ class VtnStore:
 
     def report_values(self, ven_id: str, limit: int = 1000) -> list[ReportValue]:
         with Session(self.engine) as s:
-            return [_value(r) for r in s.exec(select(ReportValueRow).where(
+            return [value_record(r) for r in s.exec(select(ReportValueRow).where(
                 col(ReportValueRow.ven_id) == ven_id).order_by(col(ReportValueRow.id).desc())
                 .limit(limit))]
 
@@ -595,11 +362,11 @@ class VtnStore:
     def get_opt(self, ven_id: str, opt_id: str) -> OptRecord | None:
         with Session(self.engine) as s:
             row = s.get(OptRow, (ven_id, opt_id))
-            return _opt(row) if row else None
+            return opt_record(row) if row else None
 
     def list_opts(self, ven_id: str | None = None) -> list[OptRecord]:
         with Session(self.engine) as s:
             q = select(OptRow).order_by(col(OptRow.created))
             if ven_id is not None:
                 q = q.where(col(OptRow.ven_id) == ven_id)
-            return [_opt(r) for r in s.exec(q)]
+            return [opt_record(r) for r in s.exec(q)]
