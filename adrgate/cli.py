@@ -184,7 +184,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ApiError as exc:
         print(f"adrgate: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(result, indent=2))
+    try:
+        print(json.dumps(result, indent=2))
+    except BrokenPipeError:  # e.g. piped into `head`: not an error of ours
+        sys.stderr.close()
     return 0
 
 
