@@ -384,7 +384,7 @@ async def test_invalid_event_refused_naming_the_field(
         assert status == 400, out
         assert out["field"] == field, out
         assert vtn.store.list_events() == []
-        assert not vtn.store.has_due_delivery(ven.ven_id)
+        assert not vtn.store.poll_state(ven.ven_id, utcnow()).due
         reply = await ven.poll()
         assert isinstance(reply, ResponseMessage) and code(reply) == 200, reply
 

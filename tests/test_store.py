@@ -72,13 +72,13 @@ def test_event_delivery_lifecycle(store: VtnStore) -> None:
     ev = event_from_json(simple_event(), event_id="e1", created=now)
     store.save_event(ev, ["a", "b"])
     assert store.get_event("e1").event == ev  # type: ignore[union-attr]
-    assert store.has_due_delivery("a") and store.has_due_delivery("b")
+    assert store.poll_state("a", utcnow()).due and store.poll_state("b", utcnow()).due
     store.mark_distributed("a", [("e1", 0, True)], now)
-    assert store.has_due_delivery("a"), "always-response events stay due until acknowledged"
+    assert store.poll_state("a", utcnow()).due, "always-response events stay due until acknowledged"
     assert store.record_event_responses("a", [("e1", 0, OptType.OPT_IN, 200)], now) is None
-    assert not store.has_due_delivery("a")
+    assert not store.poll_state("a", utcnow()).due
     store.save_event(ev, ["b"])  # retargeted: a gets one more distribute without it
-    assert store.has_due_delivery("a")
+    assert store.poll_state("a", utcnow()).due
     assert [d.ven_id for d in store.deliveries_for_event("e1") if d.removed] == ["a"]
     store.mark_distributed("a", [], now)
     assert [d.ven_id for d in store.deliveries_for_event("e1")] == ["b"]
@@ -87,13 +87,19 @@ def test_event_delivery_lifecycle(store: VtnStore) -> None:
 
 def test_outbox_resend_and_ack(store: VtnStore) -> None:
     now = utcnow()
+    store.save_ven(ven("a"))
+    assert not store.poll_state("a", now).outbox
     item = store.enqueue("a", OutboxKind.REREGISTER, "", now)
+    assert store.poll_state("a", now).outbox
     assert store.next_outbox("a", now) == item
     store.mark_sent(item.id, now)
-    assert store.next_outbox("a", now) is None
-    assert store.next_outbox("a", now + timedelta(seconds=1)) is not None, "re-sent when unacked"
+    assert store.next_outbox("a", now) is None and not store.poll_state("a", now).outbox
+    later = now + timedelta(seconds=1)
+    assert store.next_outbox("a", later) is not None, "re-sent when unacked"
+    assert store.poll_state("a", later).outbox
     assert store.ack_outbox("a", OutboxKind.REREGISTER, now) == 1
     assert store.next_outbox("a", now + timedelta(days=1)) is None
+    assert not store.poll_state("a", now + timedelta(days=1)).outbox
 
 
 def test_reports_and_opts(store: VtnStore) -> None:

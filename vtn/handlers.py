@@ -82,6 +82,9 @@ class VtnHandlers(Router[Ctx]):
             ven = self.store.ven_by_fingerprint(ctx.tls_fingerprint)
         else:
             ven = self.store.get_ven(ven_id) if ven_id else None
+        return self._admit(ven, ven_id, ctx)
+
+    def _admit(self, ven: VenRecord | None, ven_id: str | None, ctx: Ctx) -> VenRecord:
         if ven is None or not ven.is_registered:
             raise NotRegisteredOrAuthorized(f"venID {ven_id!r} is not registered with this VTN")
         self._check_fingerprints(ven, ctx)
@@ -239,12 +242,14 @@ class VtnHandlers(Router[Ctx]):
     @on(Poll, DistributeEvent, CreateReport, CancelReport, RequestReregistration,
         CancelPartyRegistration, ResponseMessage)
     async def on_poll(self, msg: Poll, ctx: Ctx) -> object:
-        ven = self.authenticate(msg.ven_id, ctx)
+        resend_before = ctx.now - 3 * self.config.poll_freq
+        state = self.store.poll_state(msg.ven_id, resend_before)
+        ven = self._admit(state.ven, msg.ven_id, ctx)
         if not ven.http_pull_model:
             raise NotAllowed("a push VEN does not poll")
-        if self.store.has_due_delivery(ven.ven_id):
+        if state.due:
             return self.distribute(ven, ctx.now)
-        item = self.store.next_outbox(ven.ven_id, ctx.now - 3 * self.config.poll_freq)
+        item = self.store.next_outbox(ven.ven_id, resend_before) if state.outbox else None
         if item is not None:
             self.store.mark_sent(item.id, ctx.now)
             return self._outbox_message(ven, item)

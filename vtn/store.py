@@ -8,11 +8,12 @@ use the same store on an in-memory SQLite database, so there is one implementati
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 
-from sqlalchemy import Engine, delete, func, update
+from sqlalchemy import BindParameter, Engine, String, bindparam, delete, exists, func, or_, update
 from sqlmodel import Session, SQLModel, col, select
 
 from oadr.messages import Event, OptType
@@ -27,6 +28,26 @@ from .tables import (
     ReportValueRow, VenRow, as_utc, delivery_record, description_from_json, description_to_json,
     event_record, opt_record, outbox_item, request_record, value_record, ven_record,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class PollState:
+    """What a poll needs to know, read in one query: the VEN and whether anything waits."""
+
+    ven: VenRecord | None
+    due: bool  # an event distribute is owed
+    outbox: bool  # a queued message is ready to (re)send
+
+
+_VEN: BindParameter[str] = bindparam("ven_id", type_=String)
+_POLL_STATE = select(
+    VenRow.__table__,  # type: ignore[attr-defined]
+    exists().where(col(DeliveryRow.ven_id) == _VEN, col(DeliveryRow.due)).label("owed"),
+    exists().where(
+        col(OutboxRow.ven_id) == _VEN, col(OutboxRow.acked_at).is_(None),
+        or_(col(OutboxRow.sent_at).is_(None), col(OutboxRow.sent_at) < bindparam("resend")),
+    ).label("queued"),
+).where(col(VenRow.ven_id) == _VEN)
 
 
 class _NotYours(Exception):
@@ -55,6 +76,14 @@ class VtnStore:
         with Session(self.engine) as s:
             row = s.get(VenRow, ven_id)
             return ven_record(row) if row else None
+
+    def poll_state(self, ven_id: str, resend_before: datetime) -> PollState:
+        """The poll hot path: one statement, compiled once, no ORM session."""
+        with self.engine.connect() as conn:
+            row = conn.execute(_POLL_STATE, {"ven_id": ven_id, "resend": resend_before}).first()
+        if row is None:
+            return PollState(ven=None, due=False, outbox=False)
+        return PollState(ven=ven_record(row), due=bool(row.owed), outbox=bool(row.queued))
 
     def ven_by_name(self, ven_name: str) -> VenRecord | None:
         with Session(self.engine) as s:
@@ -167,12 +196,6 @@ class VtnStore:
             return [delivery_record(r) for r in s.exec(
                 select(DeliveryRow).where(col(DeliveryRow.event_id) == event_id)
                 .order_by(col(DeliveryRow.ven_id)))]
-
-    def has_due_delivery(self, ven_id: str) -> bool:
-        with Session(self.engine) as s:
-            return s.exec(select(DeliveryRow.event_id).where(
-                col(DeliveryRow.ven_id) == ven_id, col(DeliveryRow.due) == True)  # noqa: E712
-                .limit(1)).first() is not None
 
     def ven_events(self, ven_id: str) -> list[tuple[Delivery, EventRecord]]:
         """The VEN's open deliveries (not removed, not finished) with their events."""

@@ -9,7 +9,7 @@ import dataclasses
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
-from sqlalchemy import JSON, Column
+from sqlalchemy import JSON, Column, Row
 from sqlalchemy import DateTime as SaDateTime
 from sqlmodel import Field, SQLModel
 
@@ -166,7 +166,8 @@ class OptRow(SQLModel, table=True):
 
 # --- row <-> record ---------------------------------------------------------------------
 
-def ven_record(row: VenRow) -> VenRecord:
+def ven_record(row: VenRow | Row[Any]) -> VenRecord:
+    # also reads Core rows of the ven table (the poll hot path)
     return VenRecord(
         ven_id=row.ven_id, ven_name=row.ven_name, status=VenStatus(row.status),
         registration_id=row.registration_id, fingerprint=row.fingerprint,
