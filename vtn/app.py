@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from functools import partial
+from functools import lru_cache, partial
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -97,12 +97,21 @@ async def openadr_view(request: web.Request) -> web.Response:
     return _xml_response(deps, reply)
 
 
+@lru_cache(maxsize=16_384)
+def _unsigned_ack(reply: ResponseMessage) -> bytes:
+    # "nothing for you" answers most polls; unsigned it is the same bytes every time per VEN
+    return codec.serialize(reply)
+
+
 def _xml_response(deps: VtnDeps, reply: Message) -> web.Response:
     signer = None
     if deps.signing_key is not None:
         signer = partial(sign, key=deps.signing_key, now=deps.clock(), nonce=deps.new_id())
     try:
-        body = codec.serialize(reply, sign=signer)
+        if signer is None and isinstance(reply, ResponseMessage):
+            body = _unsigned_ack(reply)
+        else:
+            body = codec.serialize(reply, sign=signer)
     except Exception:
         log.exception("could not serialize %s", type(reply).__name__)
         body = codec.serialize(error_response(RuntimeError()), sign=signer)
