@@ -33,6 +33,7 @@ def build_deps(settings: Settings, stack: ExitStack) -> VtnDeps:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = VtnStore(make_engine(settings.database_url))
     store.create_schema()
+    stack.callback(store.close)
     redis_url, embedded = open_redis(settings)
     if embedded is not None:
         stack.callback(embedded.stop)

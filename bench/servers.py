@@ -150,7 +150,7 @@ def seed_store(database_url: str, vens: list[VenEntry], *, signed: bool) -> None
                 registration_id=v.registration_id, fingerprint=v.fingerprint,
                 http_pull_model=True, xml_signature=signed, created=now, registered_at=now))
     finally:
-        store.engine.dispose()
+        store.close()
 
 
 def start_adrgate(workdir: Path, vens: list[VenEntry], pki: FleetPki | None,

@@ -43,7 +43,7 @@ def store(database_url: str) -> Iterator[VtnStore]:
     s = VtnStore(make_engine(database_url))
     s.create_schema()
     yield s
-    s.engine.dispose()
+    s.close()
 
 
 def ven(ven_id: str, **kw: object) -> VenRecord:

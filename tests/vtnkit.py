@@ -69,7 +69,7 @@ async def running_vtn(database_url: str = "sqlite://", *, ssl_context: ssl.SSLCo
         yield Vtn(url=f"{scheme}://127.0.0.1:{port}", deps=deps, operator=app[OPERATOR])
     finally:
         await runner.cleanup()
-        store.engine.dispose()
+        store.close()
 
 
 async def wait_for(predicate: Callable[[], Any], *, timeout: float = 20.0,

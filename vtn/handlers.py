@@ -87,15 +87,15 @@ class VtnHandlers(Router[Ctx]):
     def _admit(self, ven: VenRecord | None, ven_id: str | None, ctx: Ctx) -> VenRecord:
         if ven is None or not ven.is_registered:
             raise NotRegisteredOrAuthorized(f"venID {ven_id!r} is not registered with this VTN")
-        self._check_fingerprints(ven, ctx)
+        self._check_fingerprints(ven.ven_id, ven.fingerprint, ctx)
         return ven
 
-    def _check_fingerprints(self, ven: VenRecord, ctx: Ctx) -> None:
+    def _check_fingerprints(self, ven_id: str, registered: str | None, ctx: Ctx) -> None:
         for seen, what in ((ctx.tls_fingerprint, "TLS certificate"), (ctx.signer, "signature")):
             if (self.config.secure or what == "signature") and seen is not None \
-                    and ven.fingerprint is not None and seen != ven.fingerprint:
+                    and registered is not None and seen != registered:
                 raise NotRegisteredOrAuthorized(
-                    f"the {what} fingerprint {seen} is not the one registered for {ven.ven_id}")
+                    f"the {what} fingerprint {seen} is not the one registered for {ven_id}")
         if self.config.secure and ctx.tls_fingerprint is None:
             raise NotRegisteredOrAuthorized("a client certificate is required")
 
@@ -244,16 +244,20 @@ class VtnHandlers(Router[Ctx]):
     async def on_poll(self, msg: Poll, ctx: Ctx) -> object:
         resend_before = ctx.now - 3 * self.config.poll_freq
         state = self.store.poll_state(msg.ven_id, resend_before)
-        ven = self._admit(state.ven, msg.ven_id, ctx)
-        if not ven.http_pull_model:
+        if not state.registered:
+            raise NotRegisteredOrAuthorized(f"venID {msg.ven_id!r} is not registered")
+        self._check_fingerprints(msg.ven_id, state.fingerprint, ctx)
+        if not state.http_pull_model:
             raise NotAllowed("a push VEN does not poll")
-        if state.due:
-            return self.distribute(ven, ctx.now)
-        item = self.store.next_outbox(ven.ven_id, resend_before) if state.outbox else None
-        if item is not None:
-            self.store.mark_sent(item.id, ctx.now)
-            return self._outbox_message(ven, item)
-        return ResponseMessage(response=ok(""), ven_id=ven.ven_id)
+        if state.due or state.outbox:  # rare: now load the whole VEN
+            ven = self.authenticate(msg.ven_id, ctx)
+            if state.due:
+                return self.distribute(ven, ctx.now)
+            item = self.store.next_outbox(ven.ven_id, resend_before)
+            if item is not None:
+                self.store.mark_sent(item.id, ctx.now)
+                return self._outbox_message(ven, item)
+        return ResponseMessage(response=ok(""), ven_id=msg.ven_id)
 
     def _outbox_message(self, ven: VenRecord, item: OutboxItem) -> object:
         if item.kind is OutboxKind.CREATE_REPORT:

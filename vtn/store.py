@@ -8,40 +8,81 @@ use the same store on an in-memory SQLite database, so there is one implementati
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import BindParameter, Engine, String, bindparam, delete, exists, func, or_, update
+from sqlalchemy import (
+    BindParameter,
+    Connection,
+    Engine,
+    String,
+    bindparam,
+    delete,
+    exists,
+    func,
+    or_,
+    update,
+)
+from sqlalchemy import select as sa_select
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, SQLModel, col, select
 
 from oadr.messages import Event, OptType
 
 from .eventjson import event_to_json, targets_to_json
 from .records import (
-    Delivery, EventRecord, MetadataReport, OptRecord, OutboxItem, OutboxKind, ReportRequestRecord,
-    ReportValue, VenRecord,
+    Delivery,
+    EventRecord,
+    MetadataReport,
+    OptRecord,
+    OutboxItem,
+    OutboxKind,
+    ReportRequestRecord,
+    ReportValue,
+    VenRecord,
+    VenStatus,
 )
 from .tables import (
-    DeliveryRow, EventRow, OptRow, OutboxRow, ProgramRow, ReportMetaRow, ReportRequestRow,
-    ReportValueRow, VenRow, as_utc, delivery_record, description_from_json, description_to_json,
-    event_record, opt_record, outbox_item, request_record, value_record, ven_record,
+    DeliveryRow,
+    EventRow,
+    OptRow,
+    OutboxRow,
+    ProgramRow,
+    ReportMetaRow,
+    ReportRequestRow,
+    ReportValueRow,
+    VenRow,
+    as_utc,
+    delivery_record,
+    description_from_json,
+    description_to_json,
+    event_record,
+    opt_record,
+    outbox_item,
+    request_record,
+    value_record,
+    ven_record,
 )
 
 
 @dataclass(frozen=True, slots=True)
 class PollState:
-    """What a poll needs to know, read in one query: the VEN and whether anything waits."""
+    """What a poll needs to know, read in one query: who polls and whether anything waits."""
 
-    ven: VenRecord | None
-    due: bool  # an event distribute is owed
-    outbox: bool  # a queued message is ready to (re)send
+    registered: bool
+    fingerprint: str | None = None
+    http_pull_model: bool = True
+    due: bool = False  # an event distribute is owed
+    outbox: bool = False  # a queued message is ready to (re)send
 
 
 _VEN: BindParameter[str] = bindparam("ven_id", type_=String)
-_POLL_STATE = select(
-    VenRow.__table__,  # type: ignore[attr-defined]
+_POLL_STATE = sa_select(
+    col(VenRow.status), col(VenRow.registration_id), col(VenRow.fingerprint),
+    col(VenRow.http_pull_model),
     exists().where(col(DeliveryRow.ven_id) == _VEN, col(DeliveryRow.due)).label("owed"),
     exists().where(
         col(OutboxRow.ven_id) == _VEN, col(OutboxRow.acked_at).is_(None),
@@ -60,6 +101,17 @@ class VtnStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # polls are most of the traffic: one long-lived autocommit connection serves their
+        # single read (pool checkout/return per poll cost more than the query itself)
+        self._hot: Connection | None = None
+        self._hot_lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._hot_lock:
+            if self._hot is not None:
+                self._hot.close()
+                self._hot = None
+        self.engine.dispose()
 
     def create_schema(self) -> None:
         SQLModel.metadata.create_all(self.engine)
@@ -78,12 +130,31 @@ class VtnStore:
             return ven_record(row) if row else None
 
     def poll_state(self, ven_id: str, resend_before: datetime) -> PollState:
-        """The poll hot path: one statement, compiled once, no ORM session."""
-        with self.engine.connect() as conn:
-            row = conn.execute(_POLL_STATE, {"ven_id": ven_id, "resend": resend_before}).first()
+        """The poll hot path: one statement, compiled once, no ORM session, no pool round trip.
+
+        Raises:
+            sqlalchemy.exc.DBAPIError: the database failed twice (the connection is renewed once).
+        """
+        params = {"ven_id": ven_id, "resend": resend_before}
+        with self._hot_lock:
+            for attempt in (1, 2):
+                if self._hot is None:
+                    self._hot = self.engine.connect().execution_options(
+                        isolation_level="AUTOCOMMIT")
+                try:
+                    row = self._hot.execute(_POLL_STATE, params).first()
+                    break
+                except DBAPIError:
+                    self._hot.invalidate()
+                    self._hot = None
+                    if attempt == 2:
+                        raise
         if row is None:
-            return PollState(ven=None, due=False, outbox=False)
-        return PollState(ven=ven_record(row), due=bool(row.owed), outbox=bool(row.queued))
+            return PollState(registered=False)
+        registered = row.status == VenStatus.REGISTERED and row.registration_id is not None
+        return PollState(registered=registered, fingerprint=row.fingerprint,
+                         http_pull_model=row.http_pull_model, due=bool(row.owed),
+                         outbox=bool(row.queued))
 
     def ven_by_name(self, ven_name: str) -> VenRecord | None:
         with Session(self.engine) as s:
