@@ -131,10 +131,8 @@ class VtnHandlers(Router[Ctx]):
             fingerprint=ven.fingerprint or fingerprint, http_pull_model=msg.http_pull_model,
             transport_address=msg.transport_address, xml_signature=msg.xml_signature,
             report_only=msg.report_only, profile_name=msg.profile_name, registered_at=ctx.now)
-        self.store.save_ven(ven)
-        self.store.ack_outbox(ven.ven_id, OutboxKind.REREGISTER, ctx.now)
-        self.store.add_deliveries(ven.ven_id, live_events_reaching(
-            ven, self.store.list_events(), ctx.now))
+        self.store.register(ven, live_events_reaching(ven, self.store.list_events(), ctx.now),
+                            ctx.now)
         return self._registered_reply(msg.request_id, ven)
 
     def _find_registrant(self, msg: CreatePartyRegistration, ctx: Ctx) -> VenRecord:

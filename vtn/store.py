@@ -28,6 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.dml import Update
 from sqlmodel import Session, SQLModel, col, select
 
 from oadr.messages import Event, OptType
@@ -89,6 +90,32 @@ _POLL_STATE = sa_select(
         or_(col(OutboxRow.sent_at).is_(None), col(OutboxRow.sent_at) < bindparam("resend")),
     ).label("queued"),
 ).where(col(VenRow.ven_id) == _VEN)
+
+
+def _put_ven(s: Session, ven: VenRecord) -> None:
+    data = dataclasses.asdict(ven)
+    data["status"] = str(ven.status)
+    for key in ("programs", "groups", "resources"):
+        data[key] = list(data[key])
+    row = s.get(VenRow, ven.ven_id)
+    if row is None:
+        s.add(VenRow(**data))
+    else:
+        for key, value in data.items():
+            setattr(row, key, value)
+
+
+def _owe(s: Session, ven_id: str, event_ids: Sequence[str]) -> None:
+    for event_id in event_ids:
+        if s.get(DeliveryRow, (ven_id, event_id)) is None:
+            s.add(DeliveryRow(ven_id=ven_id, event_id=event_id))
+
+
+def _ack(ven_id: str, kind: OutboxKind) -> Update:
+    """The update that acknowledges a VEN's unacknowledged outbox items of one kind."""
+    return update(OutboxRow).where(col(OutboxRow.ven_id) == ven_id,
+                                   col(OutboxRow.kind) == str(kind),
+                                   col(OutboxRow.acked_at).is_(None))
 
 
 class _NotYours(Exception):
@@ -178,18 +205,17 @@ class VtnStore:
 
     def save_ven(self, ven: VenRecord) -> VenRecord:
         """Insert or replace a VEN record."""
-        data = dataclasses.asdict(ven)
-        data["status"] = str(ven.status)
-        for key in ("programs", "groups", "resources"):
-            data[key] = list(data[key])
         with self._tx() as s:
-            row = s.get(VenRow, ven.ven_id)
-            if row is None:
-                s.add(VenRow(**data))
-            else:
-                for key, value in data.items():
-                    setattr(row, key, value)
+            _put_ven(s, ven)
         return ven
+
+    def register(self, ven: VenRecord, owed_event_ids: Sequence[str], now: datetime) -> None:
+        """Save a (re-)registration, settle a pending oadrRequestReregistration and owe the VEN
+        the given live events, in one transaction."""
+        with self._tx() as s:
+            _put_ven(s, ven)
+            s.exec(_ack(ven.ven_id, OutboxKind.REREGISTER).values(acked_at=now))
+            _owe(s, ven.ven_id, owed_event_ids)
 
     def delete_ven(self, ven_id: str) -> bool:
         with self._tx() as s:
@@ -249,9 +275,7 @@ class VtnStore:
     def add_deliveries(self, ven_id: str, event_ids: Sequence[str]) -> None:
         """Owe `ven_id` the given events (a VEN that registered after they were created)."""
         with self._tx() as s:
-            for event_id in event_ids:
-                if s.get(DeliveryRow, (ven_id, event_id)) is None:
-                    s.add(DeliveryRow(ven_id=ven_id, event_id=event_id))
+            _owe(s, ven_id, event_ids)
 
     def get_event(self, event_id: str) -> EventRecord | None:
         with Session(self.engine) as s:
@@ -361,12 +385,10 @@ class VtnStore:
     def ack_outbox(self, ven_id: str, kind: OutboxKind, now: datetime,
                    ref: str | None = None) -> int:
         """Acknowledge the VEN's pending items of `kind` (and `ref` if given); returns count."""
+        q = _ack(ven_id, kind)
+        if ref is not None:
+            q = q.where(col(OutboxRow.ref) == ref)
         with self._tx() as s:
-            q = update(OutboxRow).where(
-                col(OutboxRow.ven_id) == ven_id, col(OutboxRow.kind) == str(kind),
-                col(OutboxRow.acked_at) == None)  # noqa: E711
-            if ref is not None:
-                q = q.where(col(OutboxRow.ref) == ref)
             return s.exec(q.values(acked_at=now)).rowcount
 
     def pending_outbox(self, ven_id: str) -> list[OutboxItem]:
