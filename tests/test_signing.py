@@ -1,7 +1,14 @@
-"""oadr.signing: interop with openleadr 0.5.36 both ways, refusals, and the replay caches."""
+"""oadr.signing: interop with openleadr 0.5.36 both ways, refusals, and the replay caches.
+
+oadr.xmldsig implements the OpenADR signature profile without signxml; signxml (what openleadr
+signs and verifies with, and what oadr.signing used before) is the reference here: both verifiers
+accept each other's signatures, and canonical forms and digests are compared byte for byte.
+"""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import time
 from collections.abc import Callable, Iterator
 from copy import deepcopy
@@ -12,12 +19,19 @@ from pathlib import Path
 
 import pytest
 import redis
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from lxml import etree
 from openleadr import messaging as ol_messaging  # type: ignore[import-untyped]
 from openleadr import utils as ol_utils
+from signxml import XMLSigner, XMLVerifier
+from signxml.algorithms import DigestAlgorithm, SignatureConstructionMethod
+from signxml import SignatureMethod as SignxmlMethod
+from signxml.verifier import SignatureConfiguration, VerifyResult
 
 from adrgate.replay import RedisReplayCache
 from oadr.errors import NotRegisteredOrAuthorized
+from oadr import xmldsig
 from oadr.schema import DS, DSP, EI, NSMAP, OADR, parse_xml, schema_errors
 from oadr.signing import (
     InMemoryReplayCache,
@@ -96,6 +110,38 @@ def distribute_event_object() -> etree._Element:
     return obj
 
 
+def _openleadr_object(message_type: str, **fields: object) -> etree._Element:
+    root = etree.fromstring(ol_messaging.create_message(message_type, **fields).encode())
+    obj = root.find(f"{{{OADR}}}oadrSignedObject")
+    assert obj is not None
+    return obj
+
+
+RESPONSE_FIELDS: dict[str, object] = {"ven_id": "ven123", "response": {
+    "response_code": 200, "response_description": "OK", "request_id": "req1"}}
+# openleadr's templates do not escape, so its non-ASCII text is free of markup characters.
+NON_ASCII_FIELDS: dict[str, object] = {"ven_id": "vén-東京", "response": {
+    "response_code": 200, "response_description": "Überlast – 東京 ⚡ café", "request_id": "ré"}}
+
+
+def response_object() -> etree._Element:
+    """An oadrResponse as openleadr renders it: indentation, a default namespace on requestID."""
+    return _openleadr_object("oadrResponse", **RESPONSE_FIELDS)
+
+
+def non_ascii_object() -> etree._Element:
+    """Non-ASCII text and markup characters (escaped by lxml), in an oadrResponse."""
+    obj = response_object()
+    description = obj.find(f".//{{{EI}}}responseDescription")
+    assert description is not None
+    description.text = "Überlast – 東京 ⚡ <&> \"quoted\" 'single' \t tab, €, 𝄞"
+    return obj
+
+
+OBJECTS = [poll_object, response_object, distribute_event_object, non_ascii_object]
+OBJECT_IDS = ["poll", "response", "distribute_event", "non_ascii"]
+
+
 def roundtrip(payload: etree._Element) -> etree._Element:
     """What the peer sees: bytes through the hardened parser."""
     return parse_xml(etree.tostring(payload, xml_declaration=True, encoding="utf-8"))
@@ -143,17 +189,29 @@ def test_load_picks_method_and_refuses_a_foreign_key(pki: Pki) -> None:
         SigningKey.load(pki.ven_rsa.cert_pem, pki.vtn_rsa.key_pem)
 
 
+def test_method_may_be_given_as_signxmls_enum_or_uri(pki: Pki) -> None:
+    # bench/pki.py builds SigningKey directly with signxml's enum.
+    loaded = SigningKey.load(pki.ven_ecc.cert_pem, pki.ven_ecc.key_pem)
+    for method in (SignxmlMethod.ECDSA_SHA256, SignxmlMethod.ECDSA_SHA256.value):
+        key = SigningKey(private_key=loaded.private_key, cert_pem=loaded.cert_pem,
+                         method=method, fingerprint=loaded.fingerprint)  # type: ignore[arg-type]
+        assert key.method is xmldsig.SignatureMethod.ECDSA_SHA256
+    with pytest.raises(ValueError, match="ECDSA_SHA256"):
+        SigningKey(private_key=loaded.private_key, cert_pem=loaded.cert_pem,
+                   method=xmldsig.SignatureMethod.RSA_SHA256, fingerprint=loaded.fingerprint)
+
+
 # --- what we sign: schema and openleadr ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("make_object", [poll_object, distribute_event_object],
-                         ids=["poll", "distribute_event"])
-def test_signed_payload_is_valid_and_openleadr_accepts_it(
+@pytest.mark.parametrize("make_object", OBJECTS, ids=OBJECT_IDS)
+def test_signed_payload_is_valid_and_signxml_and_openleadr_accept_it(
         key: SigningKey, make_object: Callable[[], etree._Element]) -> None:
     payload = sign(make_object(), key, now=datetime.now(timezone.utc), nonce=nonce())
     data = etree.tostring(payload, xml_declaration=True, encoding="utf-8")
 
     assert schema_errors(parse_xml(data)) == []
+    assert len(signxml_verify(data, key)) == 2
     # Exactly what openleadr's OpenADRClient does with a VTN response (client.py, _perform_request)
     tree = ol_messaging.validate_xml_schema(data)
     ol_messaging.validate_xml_signature(tree, cert_fingerprint=key.fingerprint)
@@ -193,9 +251,23 @@ def test_sign_rejects_naive_clock_and_empty_nonce(key: SigningKey) -> None:
 # --- what openleadr signs: we accept it ---------------------------------------------------------
 
 
-def test_openleadr_signed_message_is_accepted(leaf: Leaf, key: SigningKey) -> None:
-    xml = ol_messaging.create_message("oadrPoll", cert=leaf.cert_pem, key=leaf.key_pem,
-                                      ven_id="ven123")
+OPENLEADR_MESSAGES: list[tuple[str, dict[str, object]]] = [
+    ("oadrPoll", {"ven_id": "ven123"}),
+    ("oadrResponse", RESPONSE_FIELDS),
+    ("oadrResponse", NON_ASCII_FIELDS),
+    ("oadrCreatePartyRegistration", {
+        "ven_name": "Wärmepumpe 東京", "http_pull_model": True, "xml_signature": True,
+        "report_only": False, "profile_name": "2.0b", "transport_name": "simpleHttp",
+        "transport_address": None, "request_id": "req1"}),
+]
+
+
+@pytest.mark.parametrize(("message_type", "fields"), OPENLEADR_MESSAGES,
+                         ids=["poll", "response", "non_ascii", "registration"])
+def test_openleadr_signed_message_is_accepted(leaf: Leaf, key: SigningKey, message_type: str,
+                                              fields: dict[str, object]) -> None:
+    xml = ol_messaging.create_message(message_type, cert=leaf.cert_pem, key=leaf.key_pem,
+                                      **fields)
     assert our_verify(parse_xml(xml.encode()), key) == key.fingerprint
 
 
@@ -244,6 +316,29 @@ def test_tampered_content_is_refused(key: SigningKey) -> None:
 def test_tampered_replay_protect_is_refused(key: SigningKey) -> None:
     payload = roundtrip(sign(poll_object(), key, now=T0, nonce="original"))
     payload.find(f".//{{{DSP}}}nonce").text = "fresh"  # type: ignore[union-attr]
+    with pytest.raises(NotRegisteredOrAuthorized, match="invalid XML signature"):
+        our_verify(payload, key, now=T0)
+
+
+def test_tampered_content_with_recomputed_digests_is_refused(key: SigningKey) -> None:
+    # Only the SignatureValue over SignedInfo stops this one.
+    payload = roundtrip(sign(poll_object("ven123"), key, now=T0, nonce=nonce()))
+    _find(payload, f".//{{{EI}}}venID").text = "ven999"
+    parts = xmldsig.parse(payload)
+    for (element, _), reference in zip(parts.references,
+                                       payload.iterfind(f".//{{{DS}}}Reference")):
+        _find(reference, f"{{{DS}}}DigestValue").text = (
+            base64.b64encode(xmldsig.digest(element)).decode())
+    with pytest.raises(NotRegisteredOrAuthorized, match="invalid XML signature"):
+        our_verify(payload, key, now=T0)
+
+
+def test_altered_signature_value_is_refused(key: SigningKey) -> None:
+    payload = roundtrip(sign(poll_object(), key, now=T0, nonce=nonce()))
+    value = _find(payload, f".//{{{DS}}}SignatureValue")
+    raw = bytearray(base64.b64decode(value.text or ""))
+    raw[len(raw) // 2] ^= 1
+    value.text = base64.b64encode(bytes(raw)).decode()
     with pytest.raises(NotRegisteredOrAuthorized, match="invalid XML signature"):
         our_verify(payload, key, now=T0)
 
@@ -305,15 +400,26 @@ def test_refused_message_does_not_consume_its_nonce(key: SigningKey) -> None:
     assert our_verify(payload, key, now=T0, replay=cache) == key.fingerprint
 
 
-def _sign_without_replay_protect(obj: etree._Element, key: SigningKey,
-                                 properties: etree._Element | None) -> etree._Element:
-    from signxml.signer import XMLSigner
-    from signxml.algorithms import SignatureConstructionMethod
+C14N_10 = "http://www.w3.org/TR/2001/REC-xml-c14n-20010315"
 
+
+def replay_protect(now: datetime, nonce_text: str) -> etree._Element:
+    element = etree.Element(f"{{{DSP}}}ReplayProtect", nsmap={"dsp": DSP})
+    etree.SubElement(element, f"{{{DSP}}}timestamp").text = (
+        now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+    etree.SubElement(element, f"{{{DSP}}}nonce").text = nonce_text
+    return element
+
+
+def signxml_sign(obj: etree._Element, key: SigningKey, properties: etree._Element | None, *,
+                 c14n: str = C14N_10, method: str | None = None,
+                 digest: str = DigestAlgorithm.SHA256.value) -> etree._Element:
+    """The reference signer: signxml configured as openleadr's create_message configures it (and as
+    oadr.signing did before oadr.xmldsig), inside our envelope."""
     payload = envelope(obj)
     signer = XMLSigner(method=SignatureConstructionMethod.detached,
-                       signature_algorithm=key.method,
-                       c14n_algorithm="http://www.w3.org/TR/2001/REC-xml-c14n-20010315")
+                       signature_algorithm=method or key.method.value,
+                       digest_algorithm=digest, c14n_algorithm=c14n)
     signer.namespaces["oadr"] = OADR
     payload.insert(0, signer.sign(payload, key=key.private_key, cert=key.cert_pem.decode(),
                                   reference_uri="#oadrSignedObject",
@@ -321,30 +427,239 @@ def _sign_without_replay_protect(obj: etree._Element, key: SigningKey,
     return payload
 
 
+def signxml_verify(payload: bytes | etree._Element, key: SigningKey) -> list[VerifyResult]:
+    """The reference verifier: what openleadr's validate_xml_signature runs."""
+    results = XMLVerifier().verify(payload, x509_cert=x509.load_pem_x509_certificate(
+        key.cert_pem), expect_config=SignatureConfiguration(expect_references=2))
+    assert isinstance(results, list)
+    return results
+
+
 @pytest.mark.parametrize("properties", [None, etree.Element("{urn:x}Other")],
                          ids=["no_properties", "other_property"])
 def test_missing_replay_protect_is_refused(key: SigningKey,
                                            properties: etree._Element | None) -> None:
-    payload = roundtrip(_sign_without_replay_protect(poll_object(), key, deepcopy(properties)))
+    payload = roundtrip(signxml_sign(poll_object(), key, deepcopy(properties)))
     with pytest.raises(NotRegisteredOrAuthorized, match="ReplayProtect"):
         our_verify(payload, key, now=T0)
 
 
-def test_signature_wrapping_is_refused(key: SigningKey) -> None:
-    # The genuine signed object is hidden inside ds:Object and an unsigned one takes its place.
-    payload = roundtrip(sign(poll_object("ven123"), key, now=T0, nonce=nonce()))
-    genuine = payload.find(f"{{{OADR}}}oadrSignedObject")
-    assert genuine is not None
-    forged = poll_object("ven666")
+def _move_genuine_into_object(payload: etree._Element, genuine: etree._Element,
+                              forged: etree._Element) -> None:
     payload.replace(genuine, forged)
-    obj = payload.find(f".//{{{DS}}}Object")
-    assert obj is not None
-    obj.append(genuine)
-    with pytest.raises(NotRegisteredOrAuthorized):
+    _find(payload, f".//{{{DS}}}Object").append(genuine)
+
+
+def _move_genuine_into_key_info(payload: etree._Element, genuine: etree._Element,
+                                forged: etree._Element) -> None:
+    payload.replace(genuine, forged)
+    _find(payload, f".//{{{DS}}}KeyInfo").append(genuine)
+
+
+def _forged_first(payload: etree._Element, genuine: etree._Element,
+                  forged: etree._Element) -> None:
+    genuine.addprevious(forged)
+
+
+def _forged_after(payload: etree._Element, genuine: etree._Element,
+                  forged: etree._Element) -> None:
+    payload.append(forged)
+
+
+def _wrapped_in_extension(payload: etree._Element, genuine: etree._Element,
+                          forged: etree._Element) -> None:
+    # The genuine object inside an unknown element in its place; the forged one after it.
+    wrapper = etree.Element("{urn:x}wrapper")
+    payload.replace(genuine, wrapper)
+    wrapper.append(genuine)
+    payload.append(forged)
+
+
+def _nested_in_forged(payload: etree._Element, genuine: etree._Element,
+                      forged: etree._Element) -> None:
+    # The genuine object inside the forged one, where only the forged one is read.
+    payload.replace(genuine, forged)
+    forged[0].append(genuine)
+
+
+def _fresh_replay_protect(payload: etree._Element, genuine: etree._Element,
+                          forged: etree._Element) -> None:
+    # A second ds:Object with a fresh nonce, the genuine one kept for the digest.
+    signature = _find(payload, f"{{{DS}}}Signature")
+    fresh = deepcopy(_find(signature, f"{{{DS}}}Object"))
+    _find(fresh, f".//{{{DSP}}}nonce").text = "fresh"
+    fresh.set("Id", "fresh")
+    signature.insert(3, fresh)
+
+
+WRAPPINGS = [_move_genuine_into_object, _move_genuine_into_key_info, _forged_first,
+             _forged_after, _wrapped_in_extension, _nested_in_forged, _fresh_replay_protect]
+
+
+def _find(element: etree._Element, path: str) -> etree._Element:
+    found = element.find(path)
+    assert found is not None, path
+    return found
+
+
+@pytest.mark.parametrize("forged_id", [None, "oadrSignedObject"], ids=["no_id", "same_id"])
+@pytest.mark.parametrize("wrap", WRAPPINGS, ids=[w.__name__.strip("_") for w in WRAPPINGS])
+def test_signature_wrapping_is_refused(key: SigningKey, wrap: Callable[..., None],
+                                       forged_id: str | None) -> None:
+    # An unsigned oadrSignedObject is put where a reader would look, and the genuine signed one
+    # (or signed ReplayProtect) is kept somewhere a global Id search would still find it.
+    payload = roundtrip(sign(poll_object("ven123"), key, now=T0, nonce=nonce()))
+    genuine = _find(payload, f"{{{OADR}}}oadrSignedObject")
+    forged = poll_object("ven666")
+    if forged_id is not None:
+        forged.set(f"{{{OADR}}}Id", forged_id)
+    wrap(payload, genuine, forged)
+    with pytest.raises(NotRegisteredOrAuthorized, match="invalid XML signature"):
+        our_verify(roundtrip(payload), key, now=T0)
+
+
+def test_comment_inside_signed_content_is_refused_or_dropped(key: SigningKey) -> None:
+    # C14N leaves comments out of the digest: a comment splitting the nonce must not make lxml
+    # read another nonce from a validly signed message (a replay that dodges the nonce cache).
+    payload = roundtrip(sign(poll_object(), key, now=T0, nonce="abcd"))
+    split = deepcopy(payload)
+    nonce_element = _find(split, f".//{{{DSP}}}nonce")
+    nonce_element.text = "ab"
+    nonce_element.append(etree.Comment("x"))
+    nonce_element[0].tail = "cd"
+    assert nonce_element.text == "ab"
+    with pytest.raises(NotRegisteredOrAuthorized, match="comments"):
+        our_verify(split, key, now=T0)
+    # Over the wire the hardened parser drops the comment and joins the text: the original nonce.
+    data = etree.tostring(payload).replace(b">abcd<", b">ab<!--x-->cd<")
+    cache = InMemoryReplayCache(lambda: T0)
+    assert our_verify(parse_xml(data), key, now=T0, replay=cache) == key.fingerprint
+    with pytest.raises(NotRegisteredOrAuthorized, match="already used"):
+        our_verify(roundtrip(payload), key, now=T0, replay=cache)
+
+
+# --- the profile, strictly ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("c14n", "http://www.w3.org/2001/10/xml-exc-c14n#"),
+    ("c14n", "http://www.w3.org/2006/12/xml-c14n11"),
+    ("digest", DigestAlgorithm.SHA512.value),
+    ("method", "sha512"),
+], ids=["exclusive_c14n", "c14n_11", "sha512_digest", "sha512_signature"])
+def test_valid_signatures_outside_the_profile_are_refused(key: SigningKey, option: str,
+                                                          value: str) -> None:
+    if option == "method":
+        value = (SignxmlMethod.RSA_SHA512 if key.method.name == "RSA_SHA256"
+                 else SignxmlMethod.ECDSA_SHA512).value
+    payload = roundtrip(signxml_sign(poll_object(), key, replay_protect(T0, nonce()),
+                                     **{option: value}))
+    assert len(signxml_verify(deepcopy(payload), key)) == 2  # a valid XML signature...
+    with pytest.raises(NotRegisteredOrAuthorized, match="profile's"):  # ...but not OpenADR's
         our_verify(payload, key, now=T0)
-    forged.set(f"{{{OADR}}}Id", "oadrSignedObject")  # now the Id is ambiguous
-    with pytest.raises(NotRegisteredOrAuthorized):
+
+
+def test_ecdsa_signature_value_must_be_r_and_s_not_der(pki: Pki) -> None:
+    key = SigningKey.load(pki.ven_ecc.cert_pem, pki.ven_ecc.key_pem)
+    payload = roundtrip(sign(poll_object(), key, now=T0, nonce=nonce()))
+    value = _find(payload, f".//{{{DS}}}SignatureValue")
+    raw = base64.b64decode(value.text or "")
+    assert len(raw) == 64  # P-256: 32-byte r, 32-byte s
+    der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
+    value.text = base64.b64encode(der).decode()
+    with pytest.raises(NotRegisteredOrAuthorized, match=r"r\|\|s"):
         our_verify(payload, key, now=T0)
+
+
+def test_signature_method_must_match_the_certificate(pki: Pki) -> None:
+    key = SigningKey.load(pki.ven_rsa.cert_pem, pki.ven_rsa.key_pem)
+    payload = roundtrip(sign(poll_object(), key, now=T0, nonce=nonce()))
+    _find(payload, f".//{{{DS}}}SignatureMethod").set(
+        "Algorithm", xmldsig.SignatureMethod.ECDSA_SHA256.value)
+    with pytest.raises(NotRegisteredOrAuthorized, match="non-EC certificate"):
+        our_verify(payload, key, now=T0)
+
+
+# --- differential: canonical forms and digests equal signxml's ----------------------------------
+
+
+def _canonical_references(payload: etree._Element) -> list[bytes]:
+    parts = xmldsig.parse(payload)
+    for element, digest_value in parts.references:
+        assert hashlib.sha256(xmldsig.canonical(element)).digest() == digest_value
+    return [xmldsig.canonical(element) for element, _ in parts.references]
+
+
+@pytest.mark.parametrize("signer", ["ours", "signxml"])
+@pytest.mark.parametrize("make_object", OBJECTS, ids=OBJECT_IDS)
+def test_canonical_forms_and_digests_equal_signxmls(
+        key: SigningKey, make_object: Callable[[], etree._Element], signer: str) -> None:
+    now = datetime.now(timezone.utc)
+    if signer == "ours":
+        payload = sign(make_object(), key, now=now, nonce=nonce())
+    else:
+        payload = signxml_sign(make_object(), key, replay_protect(now, nonce()))
+    received = roundtrip(payload)
+    reference = [result.signed_data for result in signxml_verify(deepcopy(received), key)]
+    # Our canonical form of each referenced element, in the received tree and in the tree as
+    # signed, is byte for byte what signxml digested; and its SHA-256 is the DigestValue.
+    assert _canonical_references(received) == reference
+    assert _canonical_references(payload) == reference
+    assert our_verify(received, key, now=now) == key.fingerprint
+
+
+def test_our_signature_is_signxmls_byte_for_byte(pki: Pki) -> None:
+    # RSA PKCS#1 v1.5 is deterministic: same object, time and nonce give the same signature.
+    key = SigningKey.load(pki.ven_rsa.cert_pem, pki.ven_rsa.key_pem)
+    for make_object in OBJECTS:
+        ours = sign(make_object(), key, now=T0, nonce="n1")
+        reference = signxml_sign(make_object(), key, replay_protect(T0, "n1"))
+        assert etree.tostring(ours, method="c14n") == etree.tostring(reference, method="c14n")
+
+
+def test_ecdsa_signature_is_signxmls_but_for_the_value(pki: Pki) -> None:
+    key = SigningKey.load(pki.ven_ecc.cert_pem, pki.ven_ecc.key_pem)
+    ours = sign(distribute_event_object(), key, now=T0, nonce="n1")
+    reference = signxml_sign(distribute_event_object(), key, replay_protect(T0, "n1"))
+    for payload in (ours, reference):
+        _find(payload, f".//{{{DS}}}SignatureValue").text = ""
+    assert etree.tostring(ours, method="c14n") == etree.tostring(reference, method="c14n")
+
+
+TRICKY_OBJECT = (
+    '<oadr:oadrSignedObject xmlns:oadr="http://openadr.org/oadr-2.0b/2012/07" '
+    'xmlns:ei="http://docs.oasis-open.org/ns/energyinterop/201110" xmlns="urn:default" '
+    'xmlns:unused="urn:unused" oadr:Id="oadrSignedObject">\n  '
+    '<oadr:oadrResponse ei:schemaVersion="2.0b" z="&#9;tab&#10;lf&#13;cr &lt;&amp;&quot;" a="1">'
+    '<ei:responseDescription xml:lang="de">Über &amp; &lt;unter&gt; \r\n "q" \'s\' &#x1D11E;'
+    '</ei:responseDescription><plain xmlns=""><![CDATA[cdata <x> & ]]]]><![CDATA[>]]></plain>'
+    '<empty></empty><x:y xmlns:x="urn:x" x:b="2" x:a="1"/></oadr:oadrResponse>\n'
+    '</oadr:oadrSignedObject>').encode()
+
+
+@pytest.mark.parametrize("context", [{}, {"ei": EI, "x": "urn:other", None: "urn:outer"}],
+                         ids=["oadr_only", "extra_namespaces"])
+def test_canonicalization_edge_cases_and_payload_context(key: SigningKey,
+                                                         context: dict[str | None, str]) -> None:
+    # Attribute order, escapes, CR/LF/tab, CDATA, empty elements, default namespace and its
+    # undeclaration, xml:lang, unused and shadowed prefixes, a non-BMP character; and, signed
+    # by xmldsig.sign_payload directly, a payload declaring namespaces of its own, which inclusive
+    # C14N renders on every referenced element and on SignedInfo.
+    payload = etree.Element(f"{{{OADR}}}oadrPayload", nsmap={"oadr": OADR, **context})
+    payload.append(etree.fromstring(TRICKY_OBJECT))
+    xmldsig.sign_payload(payload, key.private_key, key._template,  # noqa: SLF001
+                         "2025-01-06T09:00:00.000000Z", nonce())
+    received = roundtrip(payload)
+    reference = [result.signed_data for result in signxml_verify(deepcopy(received), key)]
+    assert _canonical_references(received) == reference
+    assert b'xmlns="urn:default"' in reference[0] and b"&#xD;" in reference[0]
+    assert our_verify(received, key, now=T0) == key.fingerprint
+    # signxml signs the same object (in an oadr-only envelope) to the same digests.
+    if not context:
+        other = roundtrip(signxml_sign(etree.fromstring(TRICKY_OBJECT), key,
+                                       replay_protect(T0, "x")))
+        assert _canonical_references(other)[0] == reference[0]
+        assert our_verify(other, key, now=T0) == key.fingerprint
 
 
 def _mutations(payload: etree._Element) -> Iterator[etree._Element]:
@@ -477,3 +792,31 @@ def test_sign_cost_against_openleadr(leaf: Leaf, key: SigningKey) -> None:
     print(f"\n[{key.method.name}] sign per message: adrgate {ours * 1e3:.2f} ms, "
           f"openleadr create_message signed {theirs * 1e3:.2f} ms "
           f"(unsigned {unsigned * 1e3:.2f} ms)")
+
+
+@pytest.mark.parametrize("make_object", [poll_object, distribute_event_object],
+                         ids=["poll", "distribute_event"])
+def test_sign_and_verify_cost_against_signxml(key: SigningKey,
+                                              make_object: Callable[[], etree._Element]) -> None:
+    """Printed, not asserted: run with -s to see it. "signxml" is oadr.signing before xmldsig."""
+    obj, n = make_object(), 200
+    properties = replay_protect(T0, "x")
+
+    def per_message(action: Callable[[int], object]) -> float:
+        for i in range(10):
+            action(-i - 1)
+        start = time.perf_counter()
+        for i in range(n):
+            action(i)
+        return (time.perf_counter() - start) / n * 1e3
+
+    sign_ours = per_message(lambda i: sign(obj, key, now=T0, nonce=f"n{i}"))
+    sign_ref = per_message(lambda i: signxml_sign(obj, key, deepcopy(properties)))
+    signed = [roundtrip(sign(obj, key, now=T0, nonce=f"n{i}")) for i in range(n)]
+    cache = InMemoryReplayCache(lambda: T0)
+    verify_ours = per_message(lambda i: i < 0 or verify(
+        signed[i], expected_fingerprint=key.fingerprint, replay=cache, now=T0))
+    verify_ref = per_message(lambda i: i < 0 or signxml_verify(signed[i], key))
+    print(f"\n[{key.method.name}] {obj[0].tag.split('}')[1]}: sign {sign_ref:.3f} -> "
+          f"{sign_ours:.3f} ms, verify {verify_ref:.3f} -> {verify_ours:.3f} ms "
+          f"(signxml -> oadr.xmldsig)")
