@@ -233,3 +233,20 @@ async def test_cancelled_event_is_delivered_until_acknowledged_then_dropped() ->
         await nothing_due(ven)
         reply = await ven.send(RequestEvent(request_id=new_id(), ven_id=ven.ven_id))
         assert isinstance(reply, DistributeEvent) and ids(reply) == []
+
+
+async def test_open_ended_event_with_ramp_notification_and_randomised_start() -> None:
+    """duration 0 = until cancelled; the activePeriod carries every timing feature we accept."""
+    async with running_vtn(poll_freq=POLL) as vtn:
+        (ven,) = await registered(vtn, "ven-open-ended")
+        body = simple_event(targets={"ven_ids": [ven.ven_id]}, duration="PT0S",
+                            start_after="PT10M", ramp_up="PT5M", recovery="PT15M",
+                            notification="PT1H", priority=2, test_event=True)
+        body["signals"][0]["intervals"] = [{"duration": "PT0S", "payload": 2}]
+        event_id = await create_event(vtn, body)
+        (event,) = (await distribute(ven)).events
+        ap = event.active_period
+        assert event.event_id == event_id and ap.duration == timedelta(0) and ap.end is None
+        assert (ap.start_after, ap.ramp_up, ap.recovery, ap.notification) == (
+            timedelta(minutes=10), timedelta(minutes=5), timedelta(minutes=15), timedelta(hours=1))
+        assert (event.priority, event.test_event) == (2, True)
