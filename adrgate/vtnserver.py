@@ -7,7 +7,7 @@ import logging
 from contextlib import ExitStack
 from pathlib import Path
 
-import redis
+import redis.asyncio
 from aiohttp import web
 
 from oadr.signing import SigningKey
@@ -23,8 +23,11 @@ from .tls import server_context
 log = logging.getLogger("adrgate.vtn")
 
 
-def build_deps(settings: Settings, stack: ExitStack) -> VtnDeps:
+def build_deps(settings: Settings, stack: ExitStack) -> tuple[VtnDeps, redis.asyncio.Redis]:
     """Open the database and Redis (embedded when not configured) and build the VTN's deps.
+
+    Returns the deps and their Redis client, which the caller closes on the event loop that used
+    it (`close_on_cleanup`); `stack` stops the database and the embedded Redis.
 
     Raises:
         ServiceError: the embedded Redis could not start.
@@ -37,8 +40,8 @@ def build_deps(settings: Settings, stack: ExitStack) -> VtnDeps:
     redis_url, embedded = open_redis(settings)
     if embedded is not None:
         stack.callback(embedded.stop)
-    client = redis.Redis.from_url(redis_url)
-    stack.callback(client.close)
+    # Connects lazily, on the loop that first awaits it.
+    client = redis.asyncio.Redis.from_url(redis_url)
     key = None
     if settings.sign_cert and settings.sign_key:
         key = SigningKey.load(Path(settings.sign_cert).read_bytes(),
@@ -46,15 +49,28 @@ def build_deps(settings: Settings, stack: ExitStack) -> VtnDeps:
     config = VtnConfig(vtn_id=settings.vtn_id, poll_freq=settings.poll_freq,
                        registration_policy=settings.registration_policy,
                        report_via=settings.report_via, secure=settings.secure)
-    return VtnDeps(store=store, config=config, replay=RedisReplayCache(client), signing_key=key,
+    deps = VtnDeps(store=store, config=config, replay=RedisReplayCache(client), signing_key=key,
                    require_signatures=settings.require_signatures,
                    max_body_bytes=settings.max_body_bytes, api_token=settings.api_token)
+    return deps, client
+
+
+def close_on_cleanup(app: web.Application, client: redis.asyncio.Redis) -> None:
+    """Close `client` when `app` shuts down, on the app's event loop (its connections belong to
+    that loop), before `web.run_app` returns and the ExitStack stops the embedded Redis."""
+
+    async def close(_: web.Application) -> None:
+        await client.aclose()
+
+    app.on_cleanup.append(close)
 
 
 def serve(settings: Settings) -> None:
     """Run the VTN until interrupted."""
     with ExitStack() as stack:
-        deps = build_deps(settings, stack)
+        deps, client = build_deps(settings, stack)
+        app = make_app(deps)
+        close_on_cleanup(app, client)
         ssl_ctx = None
         if settings.secure:
             assert settings.tls_cert and settings.tls_key and settings.tls_ca
@@ -65,5 +81,5 @@ def serve(settings: Settings) -> None:
         scheme = "https" if ssl_ctx else "http"
         log.info("VTN %s serving %s://%s:%s (database %s)", settings.vtn_id, scheme,
                  settings.host, settings.port, settings.database_url.split("@")[-1])
-        web.run_app(make_app(deps), host=settings.host, port=settings.port, ssl_context=ssl_ctx,
+        web.run_app(app, host=settings.host, port=settings.port, ssl_context=ssl_ctx,
                     print=None, access_log=None, loop=asyncio.new_event_loop())

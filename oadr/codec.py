@@ -11,8 +11,10 @@ Rules of this file:
      raises `UnknownMessage` (400).
   3. XSD validation of the whole document: `InvalidData` (454) naming the first schema errors and
      the requestID when one can be found, so the answer can echo it.
-  4. `verify(root)`, when given: it checks the XML signature and returns the signer's fingerprint
-     (None when it lets an unsigned message through); it raises its own `AdrError`s.
+  4. `verify(root)`, when given: it checks the XML signature and returns it as
+     `signing.Verified` (None when it lets an unsigned message through); it raises its own
+     `AdrError`s. Recording the nonce in a replay cache is I/O, left to the caller
+     (`signing.admit`).
   5. Decoding into the dataclass. A `ValueError`/`KeyError`/lxml error here, or an invariant
      broken in a message's `__post_init__`, is `InvalidData` (454), never a bare exception.
 - `serialize` blames us: it builds the tree with lxml (no templates), wraps it in `oadrPayload`
@@ -35,6 +37,7 @@ from .codec_common import SIGNED_NSMAP, Element, local
 from .errors import AdrError, InvalidData, LocalAdrError, MalformedMessage, UnknownMessage
 from .messages import MESSAGE_TYPES, TAG_OF, Message
 from .schema import DEFAULT_MAX_BYTES, OADR, PYLD, parse_xml, schema_errors
+from .signing import Verified
 
 __all__ = ["DEFAULT_MAX_BYTES", "Received", "parse", "serialize", "ENCODERS", "DECODERS"]
 
@@ -65,17 +68,19 @@ _DECODE_ERRORS: Final = (ValueError, KeyError, TypeError, AttributeError, IndexE
 
 @dataclass(frozen=True, slots=True)
 class Received:
-    """A parsed message and, when a `verify` callable was given, the signer's fingerprint."""
+    """A parsed message and, when a `verify` callable was given and the message was signed, its
+    checked signature (signer's fingerprint and replay key; the nonce is not yet recorded: the
+    caller `signing.admit`s it)."""
 
     message: Message
-    signer: str | None
+    signature: Verified | None
 
 
 def parse(
     data: bytes,
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
-    verify: Callable[[etree._Element], str | None] | None = None,
+    verify: Callable[[etree._Element], Verified | None] | None = None,
 ) -> Received:
     """Parse one oadrPayload document from a peer.
 
@@ -96,7 +101,7 @@ def parse(
         extra = len(errors) - _MAX_SCHEMA_ERRORS
         more = f" (+{extra} more)" if extra > 0 else ""
         raise InvalidData(f"schema: {shown}{more}", request_id=request_id)
-    signer = verify(root) if verify is not None else None
+    signature = verify(root) if verify is not None else None
     try:
         message = DECODERS[cls](payload)
     except AdrError as exc:
@@ -106,7 +111,7 @@ def parse(
     except _DECODE_ERRORS as exc:
         raise InvalidData(f"{local(payload.tag)}: {str(exc)[:_MAX_DETAIL]}",
                           request_id=request_id) from None
-    return Received(message=message, signer=signer)
+    return Received(message=message, signature=signature)
 
 
 def _payload_element(root: Element) -> Element:

@@ -14,8 +14,11 @@ Rules of this file:
 - Keys are parsed once (`SigningKey.load`), not per message: openleadr parses the PEM twice per
   message (~87 ms with RSA). Signing builds the signature in place: nothing is re-parsed.
 - Pure: the clock (`now`) and the nonce are parameters and the replay cache is passed in.
-- `verify` raises only `NotRegisteredOrAuthorized` (463): every profile, lxml and cryptography
-  failure maps to it. It trusts only what was signed ("see what is signed", W3C XMLDSig best
+  Verification is two steps: `check_signature` (pure, synchronous, CPU only) and `admit`, which
+  awaits the replay cache (a shared cache is a network round trip: it must not block an event
+  loop). `verify` is both. Nothing here imports asyncio: the caller owns the loop.
+- `check_signature` and `verify` raise only `NotRegisteredOrAuthorized` (463): every profile,
+  lxml and cryptography failure maps to it. The check trusts only what was signed ("see what is signed", W3C XMLDSig best
   practices): the references are resolved by position (the payload's own oadrSignedObject child,
   the Signature's own ds:Object), never by searching the document for an Id, and the
   ReplayProtect is read from the digested ds:Object.
@@ -178,7 +181,7 @@ def _timestamp(now: datetime) -> str:
 
 
 class ReplayCache(Protocol):
-    def seen(self, key: str, ttl: timedelta) -> bool:
+    async def seen(self, key: str, ttl: timedelta) -> bool:
         """Return True if `key` was recorded and has not expired; otherwise record it for `ttl`."""
         ...
 
@@ -203,7 +206,7 @@ class InMemoryReplayCache:
         """Live and not yet purged entries."""
         return len(self._expiry)
 
-    def seen(self, key: str, ttl: timedelta) -> bool:
+    async def seen(self, key: str, ttl: timedelta) -> bool:
         now = self._clock()
         self._drop_expired(now)
         if key in self._expiry:
@@ -225,17 +228,27 @@ class InMemoryReplayCache:
             del self._expiry[key]
 
 
-def verify(payload: etree._Element, *, expected_fingerprint: str | None, replay: ReplayCache,
-           now: datetime, max_age: timedelta = DEFAULT_MAX_AGE,
-           max_future: timedelta = DEFAULT_MAX_FUTURE) -> str:
-    """Check the signature and ReplayProtect of an `oadr:oadrPayload`; return the signer's fingerprint.
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """A payload whose signature and ReplayProtect timestamp passed `check_signature`; its nonce
+    is not yet recorded (`admit` does that)."""
 
-    `expected_fingerprint` None accepts any signer (the caller then checks the returned value).
-    The nonce is recorded in `replay` only once everything else has passed.
+    signer: str  # the signing certificate's fingerprint
+    replay_key: str  # hashed signer and nonce, the ReplayCache key
+    replay_ttl: timedelta  # how long the nonce must be remembered
+
+
+def check_signature(payload: etree._Element, *, expected_fingerprint: str | None, now: datetime,
+                    max_age: timedelta = DEFAULT_MAX_AGE,
+                    max_future: timedelta = DEFAULT_MAX_FUTURE) -> Verified:
+    """Check the signature and ReplayProtect timestamp of an `oadr:oadrPayload`, but not whether
+    its nonce was seen (pure: no replay cache). `admit` is the second step.
+
+    `expected_fingerprint` None accepts any signer (the caller then checks the returned signer).
 
     Raises:
         NotRegisteredOrAuthorized: unsigned payload, invalid signature, fingerprint mismatch,
-            ReplayProtect missing, older than `max_age`, later than `now + max_future`, or replayed.
+            ReplayProtect missing, older than `max_age` or later than `now + max_future`.
         ValueError: `now` is naive (our bug, not the peer's).
     """
     if now.utcoffset() is None:
@@ -259,9 +272,37 @@ def verify(payload: etree._Element, *, expected_fingerprint: str | None, replay:
     # Keyed by signer and nonce (hashed: the nonce length is the peer's choice); kept until the
     # timestamp check alone would refuse the message.
     key = "oadr:nonce:" + hashlib.sha256(f"{signer}\n{nonce}".encode()).hexdigest()
-    if replay.seen(key, timestamp + max_age - now + timedelta(seconds=1)):
-        raise NotRegisteredOrAuthorized(f"nonce {nonce[:64]!r} was already used")
-    return signer
+    return Verified(signer=signer, replay_key=key,
+                    replay_ttl=timestamp + max_age - now + timedelta(seconds=1))
+
+
+async def admit(verified: Verified, replay: ReplayCache) -> str:
+    """Record the nonce of a checked payload in `replay`; return the signer's fingerprint.
+
+    Raises:
+        NotRegisteredOrAuthorized: the nonce was already used by this signer.
+        Whatever `replay.seen` raises (a shared cache that cannot be reached fails closed).
+    """
+    if await replay.seen(verified.replay_key, verified.replay_ttl):
+        raise NotRegisteredOrAuthorized("nonce was already used")
+    return verified.signer
+
+
+async def verify(payload: etree._Element, *, expected_fingerprint: str | None,
+                 replay: ReplayCache, now: datetime, max_age: timedelta = DEFAULT_MAX_AGE,
+                 max_future: timedelta = DEFAULT_MAX_FUTURE) -> str:
+    """`check_signature`, then `admit`: return the signer's fingerprint.
+
+    The nonce is recorded in `replay` only once everything else has passed.
+
+    Raises:
+        NotRegisteredOrAuthorized: unsigned payload, invalid signature, fingerprint mismatch,
+            ReplayProtect missing, older than `max_age`, later than `now + max_future`, or replayed.
+        ValueError: `now` is naive (our bug, not the peer's).
+    """
+    verified = check_signature(payload, expected_fingerprint=expected_fingerprint, now=now,
+                               max_age=max_age, max_future=max_future)
+    return await admit(verified, replay)
 
 
 def _verified_parts(payload: etree._Element,
@@ -286,15 +327,15 @@ def _parse_timestamp(text: str) -> datetime:
     return value
 
 
-def verifier(*, replay: ReplayCache, now: datetime, required: bool
-             ) -> Callable[[etree._Element], str | None]:
+def verifier(*, now: datetime, required: bool
+             ) -> Callable[[etree._Element], Verified | None]:
     """The `verify` step for `codec.parse`: check a signature when one is present, and demand
-    one when `required`. Returns the signer's fingerprint, or None for an accepted unsigned
-    payload."""
+    one when `required`. Returns the `Verified` signature (its nonce still to be `admit`ted), or
+    None for an accepted unsigned payload."""
 
-    def check(payload: etree._Element) -> str | None:
+    def check(payload: etree._Element) -> Verified | None:
         if not required and payload.find(_SIGNATURE) is None:
             return None
-        return verify(payload, expected_fingerprint=None, replay=replay, now=now)
+        return check_signature(payload, expected_fingerprint=None, now=now)
 
     return check

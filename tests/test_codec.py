@@ -36,6 +36,7 @@ from oadr.messages import (
     ResponseRequired, SpecifierPayload, Target, UpdatedReport, UpdateReport,
 )
 from oadr.schema import EI, STRM, XCAL, XSD, parse_xml
+from oadr.signing import Verified
 
 GOLDEN = Path(__file__).parent / "golden"
 VEN = "VEN-AGG-01"
@@ -307,7 +308,7 @@ def test_every_golden_file_is_in_a_table() -> None:
 def test_golden_parses_to_expected(name: str, expected: object) -> None:
     data = golden(name)
     assert valid(data), XSD.error_log
-    assert parse(data) == Received(message=expected, signer=None)  # type: ignore[arg-type]
+    assert parse(data) == Received(message=expected, signature=None)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("name", "expected"), CASES, ids=CASE_IDS)
@@ -435,13 +436,14 @@ def test_sign_hook_receives_the_standalone_signed_object() -> None:
 
 def test_verify_hook_runs_after_schema_and_names_the_signer() -> None:
     calls: list[str] = []
+    checked = Verified(signer="aa:bb:cc", replay_key="oadr:nonce:x", replay_ttl=timedelta(1))
 
-    def verify(root: etree._Element) -> str:
+    def verify(root: etree._Element) -> Verified:
         calls.append(etree.QName(root).localname)
-        return "aa:bb:cc"
+        return checked
 
     assert parse(golden("oadrPoll.xml"), verify=verify) == Received(
-        message=Poll(ven_id=VEN), signer="aa:bb:cc")
+        message=Poll(ven_id=VEN), signature=checked)
     assert calls == ["oadrPayload"]
     with pytest.raises(InvalidData):
         parse(golden("oadrPoll.xml").replace(b"ei:venID", b"ei:vtnID"), verify=verify)
@@ -450,7 +452,7 @@ def test_verify_hook_runs_after_schema_and_names_the_signer() -> None:
     class BadSignature(AdrError):
         code = 463
 
-    def reject(root: etree._Element) -> str:
+    def reject(root: etree._Element) -> Verified:
         raise BadSignature("bad signature")
 
     with pytest.raises(BadSignature):

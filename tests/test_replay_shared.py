@@ -6,7 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-import redis
+import redis.asyncio
 
 from adrgate.replay import RedisReplayCache
 from oadr.messages import Poll, ResponseMessage
@@ -21,7 +21,7 @@ from tests.vtnkit import running_vtn, utcnow
 async def test_message_replayed_to_another_vtn_is_refused(
         tmp_path: Path, redis_url: str, shared: bool) -> None:
     pki = write_pki(tmp_path / "pki")
-    client = redis.Redis.from_url(redis_url)
+    client = redis.asyncio.Redis.from_url(redis_url)  # as adrgate.vtnserver builds it
     db = f"sqlite:///{tmp_path}/vtn.db"
 
     def cache() -> RedisReplayCache | InMemoryReplayCache:
@@ -39,4 +39,4 @@ async def test_message_replayed_to_another_vtn_is_refused(
         replayed = (await RawVen(second, "attacker").post("OadrPoll", captured)).message
         assert isinstance(replayed, ResponseMessage)
         assert code(replayed) == (463 if shared else 200)
-    client.close()
+    await client.aclose()

@@ -7,10 +7,11 @@ accept each other's signatures, and canonical forms and digests are compared byt
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from copy import deepcopy
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import redis
+import redis.asyncio
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from lxml import etree
@@ -30,15 +32,19 @@ from signxml import SignatureMethod as SignxmlMethod
 from signxml.verifier import SignatureConfiguration, VerifyResult
 
 from adrgate.replay import RedisReplayCache
+from adrgate.services import free_port
 from oadr.errors import NotRegisteredOrAuthorized
 from oadr import xmldsig
 from oadr.schema import DS, DSP, EI, NSMAP, OADR, parse_xml, schema_errors
 from oadr.signing import (
     InMemoryReplayCache,
     SigningKey,
+    admit,
+    check_signature,
     envelope,
     fingerprint,
     sign,
+    verifier,
     verify,
 )
 from tests.certs import Leaf, Pki, write_pki
@@ -147,14 +153,14 @@ def roundtrip(payload: etree._Element) -> etree._Element:
     return parse_xml(etree.tostring(payload, xml_declaration=True, encoding="utf-8"))
 
 
-def our_verify(payload: etree._Element, key: SigningKey, *, now: datetime | None = None,
-               replay: InMemoryReplayCache | None = None,
-               expected: str | None = None) -> str:
+async def our_verify(payload: etree._Element, key: SigningKey, *, now: datetime | None = None,
+                     replay: InMemoryReplayCache | None = None,
+                     expected: str | None = None) -> str:
     now = now or datetime.now(timezone.utc)
     if replay is None:
         replay = InMemoryReplayCache(lambda: now)
-    return verify(payload, expected_fingerprint=expected or key.fingerprint, replay=replay,
-                  now=now)
+    return await verify(payload, expected_fingerprint=expected or key.fingerprint, replay=replay,
+                        now=now)
 
 
 # --- fingerprint and key loading ---------------------------------------------------------------
@@ -205,7 +211,7 @@ def test_method_may_be_given_as_signxmls_enum_or_uri(pki: Pki) -> None:
 
 
 @pytest.mark.parametrize("make_object", OBJECTS, ids=OBJECT_IDS)
-def test_signed_payload_is_valid_and_signxml_and_openleadr_accept_it(
+async def test_signed_payload_is_valid_and_signxml_and_openleadr_accept_it(
         key: SigningKey, make_object: Callable[[], etree._Element]) -> None:
     payload = sign(make_object(), key, now=datetime.now(timezone.utc), nonce=nonce())
     data = etree.tostring(payload, xml_declaration=True, encoding="utf-8")
@@ -215,10 +221,10 @@ def test_signed_payload_is_valid_and_signxml_and_openleadr_accept_it(
     # Exactly what openleadr's OpenADRClient does with a VTN response (client.py, _perform_request)
     tree = ol_messaging.validate_xml_schema(data)
     ol_messaging.validate_xml_signature(tree, cert_fingerprint=key.fingerprint)
-    assert our_verify(parse_xml(data), key) == key.fingerprint
+    assert await our_verify(parse_xml(data), key) == key.fingerprint
 
 
-def test_sign_does_not_depend_on_the_objects_original_context(key: SigningKey) -> None:
+async def test_sign_does_not_depend_on_the_objects_original_context(key: SigningKey) -> None:
     # A signed object built inside another tree with extra in-scope namespaces, and one without
     # an Id: both come out verifiable, and the input is left untouched.
     holder = etree.Element("holder", nsmap={"x": "urn:x", **NSMAP})
@@ -230,7 +236,7 @@ def test_sign_does_not_depend_on_the_objects_original_context(key: SigningKey) -
     data = etree.tostring(payload)
     ol_messaging.validate_xml_signature(ol_messaging.validate_xml_schema(data),
                                         cert_fingerprint=key.fingerprint)
-    assert our_verify(parse_xml(data), key) == key.fingerprint
+    assert await our_verify(parse_xml(data), key) == key.fingerprint
 
 
 def test_envelope_is_unsigned_and_valid() -> None:
@@ -264,63 +270,64 @@ OPENLEADR_MESSAGES: list[tuple[str, dict[str, object]]] = [
 
 @pytest.mark.parametrize(("message_type", "fields"), OPENLEADR_MESSAGES,
                          ids=["poll", "response", "non_ascii", "registration"])
-def test_openleadr_signed_message_is_accepted(leaf: Leaf, key: SigningKey, message_type: str,
-                                              fields: dict[str, object]) -> None:
+async def test_openleadr_signed_message_is_accepted(leaf: Leaf, key: SigningKey, message_type: str,
+                                                    fields: dict[str, object]) -> None:
     xml = ol_messaging.create_message(message_type, cert=leaf.cert_pem, key=leaf.key_pem,
                                       **fields)
-    assert our_verify(parse_xml(xml.encode()), key) == key.fingerprint
+    assert await our_verify(parse_xml(xml.encode()), key) == key.fingerprint
 
 
-def test_openleadr_signed_message_with_other_expected_fingerprint_is_refused(
+async def test_openleadr_signed_message_with_other_expected_fingerprint_is_refused(
         pki: Pki, leaf: Leaf) -> None:
     xml = ol_messaging.create_message("oadrPoll", cert=leaf.cert_pem, key=leaf.key_pem,
                                       ven_id="ven123")
     other = fingerprint(pki.vtn_rsa.cert_pem)
     with pytest.raises(NotRegisteredOrAuthorized, match="expected"):
-        verify(parse_xml(xml.encode()), expected_fingerprint=other,
-               replay=InMemoryReplayCache(lambda: T0), now=datetime.now(timezone.utc))
+        await verify(parse_xml(xml.encode()), expected_fingerprint=other,
+                     replay=InMemoryReplayCache(lambda: T0), now=datetime.now(timezone.utc))
 
 
 # --- refusals -----------------------------------------------------------------------------------
 
 
-def test_no_expected_fingerprint_returns_the_signer(key: SigningKey) -> None:
+async def test_no_expected_fingerprint_returns_the_signer(key: SigningKey) -> None:
     payload = roundtrip(sign(poll_object(), key, now=T0, nonce=nonce()))
-    signer = verify(payload, expected_fingerprint=None, replay=InMemoryReplayCache(lambda: T0),
-                    now=T0)
+    signer = await verify(payload, expected_fingerprint=None,
+                          replay=InMemoryReplayCache(lambda: T0), now=T0)
     assert signer == key.fingerprint
 
 
-def test_lower_case_expected_fingerprint_matches(key: SigningKey) -> None:
+async def test_lower_case_expected_fingerprint_matches(key: SigningKey) -> None:
     payload = roundtrip(sign(poll_object(), key, now=T0, nonce=nonce()))
-    assert our_verify(payload, key, now=T0, expected=key.fingerprint.lower()) == key.fingerprint
+    signer = await our_verify(payload, key, now=T0, expected=key.fingerprint.lower())
+    assert signer == key.fingerprint
 
 
-def test_unsigned_payload_is_refused(key: SigningKey) -> None:
+async def test_unsigned_payload_is_refused(key: SigningKey) -> None:
     with pytest.raises(NotRegisteredOrAuthorized, match="unsigned"):
-        our_verify(roundtrip(envelope(poll_object())), key, now=T0)
+        await our_verify(roundtrip(envelope(poll_object())), key, now=T0)
 
 
-def test_not_a_payload_is_refused(key: SigningKey) -> None:
+async def test_not_a_payload_is_refused(key: SigningKey) -> None:
     with pytest.raises(NotRegisteredOrAuthorized, match="unsigned"):
-        our_verify(poll_object(), key, now=T0)
+        await our_verify(poll_object(), key, now=T0)
 
 
-def test_tampered_content_is_refused(key: SigningKey) -> None:
+async def test_tampered_content_is_refused(key: SigningKey) -> None:
     payload = roundtrip(sign(poll_object("ven123"), key, now=T0, nonce=nonce()))
     payload.find(f".//{{{EI}}}venID").text = "ven999"  # type: ignore[union-attr]
     with pytest.raises(NotRegisteredOrAuthorized, match="invalid XML signature"):
-        our_verify(payload, key, now=T0)
+        await our_verify(payload, key, now=T0)
 
 
-def test_tampered_replay_protect_is_refused(key: SigningKey) -> None:
+async def test_tampered_replay_protect_is_refused(key: SigningKey) -> None:
     payload = roundtrip(sign(poll_object(), key, now=T0, nonce="original"))
     payload.find(f".//{{{DSP}}}nonce").text = "fresh"  # type: ignore[union-attr]
     with pytest.raises(NotRegisteredOrAuthorized, match="invalid XML signature"):
-        our_verify(payload, key, now=T0)
+        await our_verify(payload, key, now=T0)
 
 
-def test_tampered_content_with_recomputed_digests_is_refused(key: SigningKey) -> None:
+async def test_tampered_content_with_recomputed_digests_is_refused(key: SigningKey) -> None:
     # Only the SignatureValue over SignedInfo stops this one.
     payload = roundtrip(sign(poll_object("ven123"), key, now=T0, nonce=nonce()))
     _find(payload, f".//{{{EI}}}venID").text = "ven999"
@@ -330,26 +337,26 @@ def test_tampered_content_with_recomputed_digests_is_refused(key: SigningKey) ->
         _find(reference, f"{{{DS}}}DigestValue").text = (
             base64.b64encode(xmldsig.digest(element)).decode())
     with pytest.raises(NotRegisteredOrAuthorized, match="invalid XML signature"):
-        our_verify(payload, key, now=T0)
+        await our_verify(payload, key, now=T0)
 
 
-def test_altered_signature_value_is_refused(key: SigningKey) -> None:
+async def test_altered_signature_value_is_refused(key: SigningKey) -> None:
     payload = roundtrip(sign(poll_object(), key, now=T0, nonce=nonce()))
     value = _find(payload, f".//{{{DS}}}SignatureValue")
     raw = bytearray(base64.b64decode(value.text or ""))
     raw[len(raw) // 2] ^= 1
     value.text = base64.b64encode(bytes(raw)).decode()
     with pytest.raises(NotRegisteredOrAuthorized, match="invalid XML signature"):
-        our_verify(payload, key, now=T0)
+        await our_verify(payload, key, now=T0)
 
 
-def test_wrong_fingerprint_is_refused(pki: Pki, key: SigningKey) -> None:
+async def test_wrong_fingerprint_is_refused(pki: Pki, key: SigningKey) -> None:
     payload = roundtrip(sign(poll_object(), key, now=T0, nonce=nonce()))
     with pytest.raises(NotRegisteredOrAuthorized, match="expected"):
-        our_verify(payload, key, now=T0, expected=fingerprint(pki.vtn_ecc.cert_pem))
+        await our_verify(payload, key, now=T0, expected=fingerprint(pki.vtn_ecc.cert_pem))
 
 
-def test_swapped_certificate_is_refused(pki: Pki, key: SigningKey) -> None:
+async def test_swapped_certificate_is_refused(pki: Pki, key: SigningKey) -> None:
     # Someone else's certificate in KeyInfo: the fingerprint is then theirs, and the signature
     # does not verify with their key either.
     payload = roundtrip(sign(poll_object(), key, now=T0, nonce=nonce()))
@@ -358,46 +365,46 @@ def test_swapped_certificate_is_refused(pki: Pki, key: SigningKey) -> None:
     assert cert is not None
     cert.text = b"".join(other.cert_pem.strip().splitlines()[1:-1]).decode()
     with pytest.raises(NotRegisteredOrAuthorized):
-        our_verify(payload, key, now=T0)
+        await our_verify(payload, key, now=T0)
     with pytest.raises(NotRegisteredOrAuthorized, match="invalid XML signature"):
-        our_verify(payload, other, now=T0)
+        await our_verify(payload, other, now=T0)
 
 
-def test_replayed_nonce_is_refused(key: SigningKey) -> None:
+async def test_replayed_nonce_is_refused(key: SigningKey) -> None:
     cache = InMemoryReplayCache(lambda: T0)
     payload = roundtrip(sign(poll_object(), key, now=T0, nonce="once"))
-    assert our_verify(deepcopy(payload), key, now=T0, replay=cache) == key.fingerprint
+    assert await our_verify(deepcopy(payload), key, now=T0, replay=cache) == key.fingerprint
     with pytest.raises(NotRegisteredOrAuthorized, match="already used"):
-        our_verify(payload, key, now=T0 + timedelta(seconds=1), replay=cache)
+        await our_verify(payload, key, now=T0 + timedelta(seconds=1), replay=cache)
 
 
-def test_same_nonce_from_another_signer_is_not_a_replay(pki: Pki) -> None:
+async def test_same_nonce_from_another_signer_is_not_a_replay(pki: Pki) -> None:
     cache = InMemoryReplayCache(lambda: T0)
     for leaf in (pki.ven_rsa, pki.ven_ecc):
         key = SigningKey.load(leaf.cert_pem, leaf.key_pem)
         payload = roundtrip(sign(poll_object(), key, now=T0, nonce="shared"))
-        assert our_verify(payload, key, now=T0, replay=cache) == key.fingerprint
+        assert await our_verify(payload, key, now=T0, replay=cache) == key.fingerprint
 
 
-def test_stale_timestamp_is_refused(key: SigningKey) -> None:
+async def test_stale_timestamp_is_refused(key: SigningKey) -> None:
     payload = roundtrip(sign(poll_object(), key, now=T0, nonce=nonce()))
     with pytest.raises(NotRegisteredOrAuthorized, match="ago"):
-        our_verify(payload, key, now=T0 + timedelta(minutes=5, seconds=1))
-    assert our_verify(payload, key, now=T0 + timedelta(minutes=5)) == key.fingerprint
+        await our_verify(payload, key, now=T0 + timedelta(minutes=5, seconds=1))
+    assert await our_verify(payload, key, now=T0 + timedelta(minutes=5)) == key.fingerprint
 
 
-def test_future_timestamp_is_refused(key: SigningKey) -> None:
+async def test_future_timestamp_is_refused(key: SigningKey) -> None:
     payload = roundtrip(sign(poll_object(), key, now=T0 + timedelta(minutes=2), nonce=nonce()))
     with pytest.raises(NotRegisteredOrAuthorized, match="future"):
-        our_verify(payload, key, now=T0)
+        await our_verify(payload, key, now=T0)
 
 
-def test_refused_message_does_not_consume_its_nonce(key: SigningKey) -> None:
+async def test_refused_message_does_not_consume_its_nonce(key: SigningKey) -> None:
     cache = InMemoryReplayCache(lambda: T0)
     payload = roundtrip(sign(poll_object(), key, now=T0, nonce="kept"))
     with pytest.raises(NotRegisteredOrAuthorized):
-        our_verify(deepcopy(payload), key, now=T0, expected="00:" * 9 + "00", replay=cache)
-    assert our_verify(payload, key, now=T0, replay=cache) == key.fingerprint
+        await our_verify(deepcopy(payload), key, now=T0, expected="00:" * 9 + "00", replay=cache)
+    assert await our_verify(payload, key, now=T0, replay=cache) == key.fingerprint
 
 
 C14N_10 = "http://www.w3.org/TR/2001/REC-xml-c14n-20010315"
@@ -437,11 +444,11 @@ def signxml_verify(payload: bytes | etree._Element, key: SigningKey) -> list[Ver
 
 @pytest.mark.parametrize("properties", [None, etree.Element("{urn:x}Other")],
                          ids=["no_properties", "other_property"])
-def test_missing_replay_protect_is_refused(key: SigningKey,
-                                           properties: etree._Element | None) -> None:
+async def test_missing_replay_protect_is_refused(key: SigningKey,
+                                                 properties: etree._Element | None) -> None:
     payload = roundtrip(signxml_sign(poll_object(), key, deepcopy(properties)))
     with pytest.raises(NotRegisteredOrAuthorized, match="ReplayProtect"):
-        our_verify(payload, key, now=T0)
+        await our_verify(payload, key, now=T0)
 
 
 def _move_genuine_into_object(payload: etree._Element, genuine: etree._Element,
@@ -504,8 +511,8 @@ def _find(element: etree._Element, path: str) -> etree._Element:
 
 @pytest.mark.parametrize("forged_id", [None, "oadrSignedObject"], ids=["no_id", "same_id"])
 @pytest.mark.parametrize("wrap", WRAPPINGS, ids=[w.__name__.strip("_") for w in WRAPPINGS])
-def test_signature_wrapping_is_refused(key: SigningKey, wrap: Callable[..., None],
-                                       forged_id: str | None) -> None:
+async def test_signature_wrapping_is_refused(key: SigningKey, wrap: Callable[..., None],
+                                             forged_id: str | None) -> None:
     # An unsigned oadrSignedObject is put where a reader would look, and the genuine signed one
     # (or signed ReplayProtect) is kept somewhere a global Id search would still find it.
     payload = roundtrip(sign(poll_object("ven123"), key, now=T0, nonce=nonce()))
@@ -515,10 +522,10 @@ def test_signature_wrapping_is_refused(key: SigningKey, wrap: Callable[..., None
         forged.set(f"{{{OADR}}}Id", forged_id)
     wrap(payload, genuine, forged)
     with pytest.raises(NotRegisteredOrAuthorized, match="invalid XML signature"):
-        our_verify(roundtrip(payload), key, now=T0)
+        await our_verify(roundtrip(payload), key, now=T0)
 
 
-def test_comment_inside_signed_content_is_refused_or_dropped(key: SigningKey) -> None:
+async def test_comment_inside_signed_content_is_refused_or_dropped(key: SigningKey) -> None:
     # C14N leaves comments out of the digest: a comment splitting the nonce must not make lxml
     # read another nonce from a validly signed message (a replay that dodges the nonce cache).
     payload = roundtrip(sign(poll_object(), key, now=T0, nonce="abcd"))
@@ -529,13 +536,13 @@ def test_comment_inside_signed_content_is_refused_or_dropped(key: SigningKey) ->
     nonce_element[0].tail = "cd"
     assert nonce_element.text == "ab"
     with pytest.raises(NotRegisteredOrAuthorized, match="comments"):
-        our_verify(split, key, now=T0)
+        await our_verify(split, key, now=T0)
     # Over the wire the hardened parser drops the comment and joins the text: the original nonce.
     data = etree.tostring(payload).replace(b">abcd<", b">ab<!--x-->cd<")
     cache = InMemoryReplayCache(lambda: T0)
-    assert our_verify(parse_xml(data), key, now=T0, replay=cache) == key.fingerprint
+    assert await our_verify(parse_xml(data), key, now=T0, replay=cache) == key.fingerprint
     with pytest.raises(NotRegisteredOrAuthorized, match="already used"):
-        our_verify(roundtrip(payload), key, now=T0, replay=cache)
+        await our_verify(roundtrip(payload), key, now=T0, replay=cache)
 
 
 # --- the profile, strictly ----------------------------------------------------------------------
@@ -547,8 +554,8 @@ def test_comment_inside_signed_content_is_refused_or_dropped(key: SigningKey) ->
     ("digest", DigestAlgorithm.SHA512.value),
     ("method", "sha512"),
 ], ids=["exclusive_c14n", "c14n_11", "sha512_digest", "sha512_signature"])
-def test_valid_signatures_outside_the_profile_are_refused(key: SigningKey, option: str,
-                                                          value: str) -> None:
+async def test_valid_signatures_outside_the_profile_are_refused(key: SigningKey, option: str,
+                                                                value: str) -> None:
     if option == "method":
         value = (SignxmlMethod.RSA_SHA512 if key.method.name == "RSA_SHA256"
                  else SignxmlMethod.ECDSA_SHA512).value
@@ -556,10 +563,10 @@ def test_valid_signatures_outside_the_profile_are_refused(key: SigningKey, optio
                                      **{option: value}))
     assert len(signxml_verify(deepcopy(payload), key)) == 2  # a valid XML signature...
     with pytest.raises(NotRegisteredOrAuthorized, match="profile's"):  # ...but not OpenADR's
-        our_verify(payload, key, now=T0)
+        await our_verify(payload, key, now=T0)
 
 
-def test_ecdsa_signature_value_must_be_r_and_s_not_der(pki: Pki) -> None:
+async def test_ecdsa_signature_value_must_be_r_and_s_not_der(pki: Pki) -> None:
     key = SigningKey.load(pki.ven_ecc.cert_pem, pki.ven_ecc.key_pem)
     payload = roundtrip(sign(poll_object(), key, now=T0, nonce=nonce()))
     value = _find(payload, f".//{{{DS}}}SignatureValue")
@@ -568,16 +575,16 @@ def test_ecdsa_signature_value_must_be_r_and_s_not_der(pki: Pki) -> None:
     der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
     value.text = base64.b64encode(der).decode()
     with pytest.raises(NotRegisteredOrAuthorized, match=r"r\|\|s"):
-        our_verify(payload, key, now=T0)
+        await our_verify(payload, key, now=T0)
 
 
-def test_signature_method_must_match_the_certificate(pki: Pki) -> None:
+async def test_signature_method_must_match_the_certificate(pki: Pki) -> None:
     key = SigningKey.load(pki.ven_rsa.cert_pem, pki.ven_rsa.key_pem)
     payload = roundtrip(sign(poll_object(), key, now=T0, nonce=nonce()))
     _find(payload, f".//{{{DS}}}SignatureMethod").set(
         "Algorithm", xmldsig.SignatureMethod.ECDSA_SHA256.value)
     with pytest.raises(NotRegisteredOrAuthorized, match="non-EC certificate"):
-        our_verify(payload, key, now=T0)
+        await our_verify(payload, key, now=T0)
 
 
 # --- differential: canonical forms and digests equal signxml's ----------------------------------
@@ -592,7 +599,7 @@ def _canonical_references(payload: etree._Element) -> list[bytes]:
 
 @pytest.mark.parametrize("signer", ["ours", "signxml"])
 @pytest.mark.parametrize("make_object", OBJECTS, ids=OBJECT_IDS)
-def test_canonical_forms_and_digests_equal_signxmls(
+async def test_canonical_forms_and_digests_equal_signxmls(
         key: SigningKey, make_object: Callable[[], etree._Element], signer: str) -> None:
     now = datetime.now(timezone.utc)
     if signer == "ours":
@@ -605,7 +612,7 @@ def test_canonical_forms_and_digests_equal_signxmls(
     # signed, is byte for byte what signxml digested; and its SHA-256 is the DigestValue.
     assert _canonical_references(received) == reference
     assert _canonical_references(payload) == reference
-    assert our_verify(received, key, now=now) == key.fingerprint
+    assert await our_verify(received, key, now=now) == key.fingerprint
 
 
 def test_our_signature_is_signxmls_byte_for_byte(pki: Pki) -> None:
@@ -639,8 +646,8 @@ TRICKY_OBJECT = (
 
 @pytest.mark.parametrize("context", [{}, {"ei": EI, "x": "urn:other", None: "urn:outer"}],
                          ids=["oadr_only", "extra_namespaces"])
-def test_canonicalization_edge_cases_and_payload_context(key: SigningKey,
-                                                         context: dict[str | None, str]) -> None:
+async def test_canonicalization_edge_cases_and_payload_context(
+        key: SigningKey, context: dict[str | None, str]) -> None:
     # Attribute order, escapes, CR/LF/tab, CDATA, empty elements, default namespace and its
     # undeclaration, xml:lang, unused and shadowed prefixes, a non-BMP character; and, signed
     # by xmldsig.sign_payload directly, a payload declaring namespaces of its own, which inclusive
@@ -653,13 +660,13 @@ def test_canonicalization_edge_cases_and_payload_context(key: SigningKey,
     reference = [result.signed_data for result in signxml_verify(deepcopy(received), key)]
     assert _canonical_references(received) == reference
     assert b'xmlns="urn:default"' in reference[0] and b"&#xD;" in reference[0]
-    assert our_verify(received, key, now=T0) == key.fingerprint
+    assert await our_verify(received, key, now=T0) == key.fingerprint
     # signxml signs the same object (in an oadr-only envelope) to the same digests.
     if not context:
         other = roundtrip(signxml_sign(etree.fromstring(TRICKY_OBJECT), key,
                                        replay_protect(T0, "x")))
         assert _canonical_references(other)[0] == reference[0]
-        assert our_verify(other, key, now=T0) == key.fingerprint
+        assert await our_verify(other, key, now=T0) == key.fingerprint
 
 
 def _mutations(payload: etree._Element) -> Iterator[etree._Element]:
@@ -684,41 +691,72 @@ def _mutations(payload: etree._Element) -> Iterator[etree._Element]:
             yield copy
 
 
-def test_malformed_signatures_raise_only_not_authorized(key: SigningKey) -> None:
+async def test_malformed_signatures_raise_only_not_authorized(key: SigningKey) -> None:
     payload = roundtrip(sign(poll_object(), key, now=T0, nonce=nonce()))
     tried = 0
     for mutated in _mutations(payload):
         tried += 1
         try:
-            our_verify(mutated, key, now=T0)
+            await our_verify(mutated, key, now=T0)
         except NotRegisteredOrAuthorized:
             pass
     assert tried > 50
 
 
+# --- the two steps: check_signature (pure) and admit (awaits the replay cache) -----------------
+
+
+async def test_check_signature_records_nothing_and_admit_records_once(key: SigningKey) -> None:
+    payload = roundtrip(sign(poll_object(), key, now=T0, nonce="step"))
+    verified = check_signature(payload, expected_fingerprint=None, now=T0 + timedelta(seconds=10))
+    assert check_signature(payload, expected_fingerprint=None,
+                           now=T0 + timedelta(seconds=10)) == verified  # no state, no cache
+    assert verified.signer == key.fingerprint
+    assert verified.replay_key.startswith("oadr:nonce:") and "step" not in verified.replay_key
+    # remembered until the timestamp check alone refuses the message (5 min after signing), +1 s
+    assert verified.replay_ttl == timedelta(minutes=5, seconds=1) - timedelta(seconds=10)
+    cache = InMemoryReplayCache(lambda: T0)
+    assert await admit(verified, cache) == key.fingerprint
+    with pytest.raises(NotRegisteredOrAuthorized, match="already used"):
+        await admit(verified, cache)
+    with pytest.raises(ValueError):
+        check_signature(payload, expected_fingerprint=None, now=datetime(2025, 1, 6, 9))
+
+
+def test_verifier_checks_present_or_required_signatures(key: SigningKey) -> None:
+    signed = roundtrip(sign(poll_object(), key, now=T0, nonce=nonce()))
+    unsigned = roundtrip(envelope(poll_object()))
+    assert verifier(now=T0, required=False)(unsigned) is None
+    with pytest.raises(NotRegisteredOrAuthorized, match="unsigned"):
+        verifier(now=T0, required=True)(unsigned)
+    for required in (False, True):
+        verified = verifier(now=T0, required=required)(signed)
+        assert verified is not None and verified.signer == key.fingerprint
+
+
 # --- in-memory replay cache ---------------------------------------------------------------------
 
 
-def test_in_memory_cache_expires_by_clock() -> None:
+async def test_in_memory_cache_expires_by_clock() -> None:
     clock = Clock()
     cache = InMemoryReplayCache(clock)
-    assert cache.seen("a", timedelta(seconds=10)) is False
-    assert cache.seen("a", timedelta(seconds=10)) is True
+    assert await cache.seen("a", timedelta(seconds=10)) is False
+    assert await cache.seen("a", timedelta(seconds=10)) is True
     clock.now = T0 + timedelta(seconds=9)
-    assert cache.seen("a", timedelta(seconds=10)) is True
+    assert await cache.seen("a", timedelta(seconds=10)) is True
     clock.now = T0 + timedelta(seconds=10)
-    assert cache.seen("a", timedelta(seconds=10)) is False  # expired, recorded again
+    assert await cache.seen("a", timedelta(seconds=10)) is False  # expired, recorded again
     assert cache.size == 1
 
 
-def test_in_memory_cache_is_bounded() -> None:
+async def test_in_memory_cache_is_bounded() -> None:
     clock = Clock()
     cache = InMemoryReplayCache(clock, max_entries=3)
     for i, ttl in enumerate([50, 10, 30, 40]):
-        assert cache.seen(f"k{i}", timedelta(seconds=ttl)) is False
+        assert await cache.seen(f"k{i}", timedelta(seconds=ttl)) is False
     assert cache.size == 3
-    assert cache.seen("k1", timedelta(seconds=10)) is False  # soonest to expire was dropped
-    assert cache.seen("k0", timedelta(seconds=50)) is True
+    assert await cache.seen("k1", timedelta(seconds=10)) is False  # soonest to expire was dropped
+    assert await cache.seen("k0", timedelta(seconds=50)) is True
 
 
 # --- Redis replay cache, against a real redis-server ---------------------------------------------
@@ -738,35 +776,59 @@ def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
     client.close()
 
 
-def test_redis_cache_records_and_expires(redis_client: redis.Redis) -> None:
-    cache = RedisReplayCache(redis_client)
-    assert cache.seen("oadr:nonce:x", timedelta(seconds=30)) is False
-    assert cache.seen("oadr:nonce:x", timedelta(seconds=30)) is True
+def async_client(server: RedisServer) -> redis.asyncio.Redis:
+    """What `adrgate vtn` gives RedisReplayCache: an asyncio client (one per VTN process)."""
+    return redis.asyncio.Redis(host=server.host, port=server.port, socket_timeout=5)
+
+
+@pytest.fixture
+async def aclient(redis_server: RedisServer,
+                  redis_client: redis.Redis) -> AsyncIterator[redis.asyncio.Redis]:
+    client = async_client(redis_server)  # after redis_client, which flushed the database
+    yield client
+    await client.aclose()
+
+
+async def test_redis_cache_records_and_expires(redis_client: redis.Redis,
+                                               aclient: redis.asyncio.Redis) -> None:
+    cache = RedisReplayCache(aclient)
+    assert await cache.seen("oadr:nonce:x", timedelta(seconds=30)) is False
+    assert await cache.seen("oadr:nonce:x", timedelta(seconds=30)) is True
     assert 0 < redis_client.ttl("oadr:nonce:x") <= 30
-    assert cache.seen("oadr:nonce:short", timedelta(milliseconds=10)) is False
+    assert await cache.seen("oadr:nonce:short", timedelta(milliseconds=10)) is False
     assert redis_client.ttl("oadr:nonce:short") == 1  # rounded up to Redis's 1 s minimum
-    time.sleep(1.2)
-    assert cache.seen("oadr:nonce:short", timedelta(seconds=1)) is False
+    await asyncio.sleep(1.2)
+    assert await cache.seen("oadr:nonce:short", timedelta(seconds=1)) is False
 
 
-def test_two_processes_share_nonces(redis_server: RedisServer, redis_client: redis.Redis,
-                                    key: SigningKey) -> None:
-    # Two VTN processes: two clients, two caches, one server.
-    other_client = redis_server.client()
+async def test_redis_cache_fails_closed() -> None:
+    # Nothing listens there: the message is refused (the VTN answers 469), never let through.
+    unreachable = redis.asyncio.Redis(host="127.0.0.1", port=free_port(), socket_timeout=1)
     try:
-        first, second = RedisReplayCache(redis_client), RedisReplayCache(other_client)
-        assert first.seen("oadr:nonce:shared", timedelta(seconds=30)) is False
-        assert second.seen("oadr:nonce:shared", timedelta(seconds=30)) is True
+        with pytest.raises(redis.RedisError):
+            await RedisReplayCache(unreachable).seen("oadr:nonce:x", timedelta(seconds=30))
+    finally:
+        await unreachable.aclose()
+
+
+async def test_two_processes_share_nonces(redis_server: RedisServer, redis_client: redis.Redis,
+                                          aclient: redis.asyncio.Redis, key: SigningKey) -> None:
+    # Two VTN processes: two clients, two caches, one server.
+    other_client = async_client(redis_server)
+    try:
+        first, second = RedisReplayCache(aclient), RedisReplayCache(other_client)
+        assert await first.seen("oadr:nonce:shared", timedelta(seconds=30)) is False
+        assert await second.seen("oadr:nonce:shared", timedelta(seconds=30)) is True
 
         payload = roundtrip(sign(poll_object(), key, now=T0, nonce=nonce()))
-        assert verify(deepcopy(payload), expected_fingerprint=key.fingerprint, replay=first,
-                      now=T0) == key.fingerprint
+        assert await verify(deepcopy(payload), expected_fingerprint=key.fingerprint,
+                            replay=first, now=T0) == key.fingerprint
         with pytest.raises(NotRegisteredOrAuthorized, match="already used"):
-            verify(payload, expected_fingerprint=key.fingerprint, replay=second, now=T0)
+            await verify(payload, expected_fingerprint=key.fingerprint, replay=second, now=T0)
         stored = [k for k in redis_client.scan_iter("oadr:nonce:*") if k != b"oadr:nonce:shared"]
         assert len(stored) == 1 and 300 <= redis_client.ttl(stored[0]) <= 301
     finally:
-        other_client.close()
+        await other_client.aclose()
 
 
 # --- cost of signing: the key is parsed once ------------------------------------------------------
@@ -813,9 +875,9 @@ def test_sign_and_verify_cost_against_signxml(key: SigningKey,
     sign_ours = per_message(lambda i: sign(obj, key, now=T0, nonce=f"n{i}"))
     sign_ref = per_message(lambda i: signxml_sign(obj, key, deepcopy(properties)))
     signed = [roundtrip(sign(obj, key, now=T0, nonce=f"n{i}")) for i in range(n)]
-    cache = InMemoryReplayCache(lambda: T0)
-    verify_ours = per_message(lambda i: i < 0 or verify(
-        signed[i], expected_fingerprint=key.fingerprint, replay=cache, now=T0))
+    # The signature check alone (signxml has no replay step): `verify` awaits the cache after it.
+    verify_ours = per_message(lambda i: i < 0 or check_signature(
+        signed[i], expected_fingerprint=key.fingerprint, now=T0))
     verify_ref = per_message(lambda i: i < 0 or signxml_verify(signed[i], key))
     print(f"\n[{key.method.name}] {obj[0].tag.split('}')[1]}: sign {sign_ref:.3f} -> "
           f"{sign_ours:.3f} ms, verify {verify_ref:.3f} -> {verify_ours:.3f} ms "

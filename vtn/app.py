@@ -19,7 +19,7 @@ from aiohttp.typedefs import Handler
 from oadr import codec
 from oadr.errors import AdrError, MalformedMessage, NotRecognized
 from oadr.messages import SERVICE_OF, Message, ResponseMessage, error_response
-from oadr.signing import ReplayCache, SigningKey, sign, verifier
+from oadr.signing import ReplayCache, SigningKey, admit, sign, verifier
 
 from .handlers import Ctx, VtnConfig, VtnHandlers
 from .store import VtnStore
@@ -76,14 +76,17 @@ async def openadr_view(request: web.Request) -> web.Response:
             raise web.HTTPForbidden(text="this VTN accepts OpenADR over TLS only")
         data = await request.read()
         received = codec.parse(data, max_bytes=deps.max_body_bytes,
-                               verify=verifier(replay=deps.replay, now=now,
-                                                required=deps.require_signatures))
+                               verify=verifier(now=now, required=deps.require_signatures))
+        # The nonce is recorded only for a message that parsed and whose signature checked out;
+        # the shared replay cache is awaited, never blocking the loop.
+        signer = (await admit(received.signature, deps.replay)
+                  if received.signature is not None else None)
         msg = received.message
         request_id = getattr(msg, "request_id", "") or ""
         ven_id = getattr(msg, "ven_id", None)
         if not isinstance(msg, ResponseMessage) and SERVICE_OF[type(msg)] != service:
             raise NotRecognized(f"{type(msg).__name__} does not belong on {service}")
-        ctx = Ctx(now=now, tls_fingerprint=peer_fingerprint(request), signer=received.signer)
+        ctx = Ctx(now=now, tls_fingerprint=peer_fingerprint(request), signer=signer)
         reply = await deps.handlers.dispatch(msg, ctx)
     except MalformedMessage as exc:
         return web.Response(status=exc.http_status, text=f"{exc.description}\n")
