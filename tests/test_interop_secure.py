@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+import aiohttp
 import pytest
 from openleadr import OpenADRClient
 
@@ -78,3 +79,26 @@ async def test_stranger_certificate_cannot_register(pki: Pki, tmp_path: Path) ->
             assert vtn.store.list_vens() == []
         finally:
             await client.client_session.close()
+
+
+async def test_plain_http_is_refused_in_secure_mode(pki: Pki) -> None:
+    """Over the TLS port plain HTTP gets no OpenADR answer; and a secure VTN that is somehow
+    reached without TLS refuses to serve OpenADR (403)."""
+    from oadr import codec
+    from oadr.messages import QueryRegistration
+
+    body = codec.serialize(QueryRegistration(request_id="r1"))
+    tls = server_context(pki.vtn_rsa.cert, pki.vtn_rsa.key, pki.ca,
+                         extra_chains=[(pki.vtn_ecc.cert, pki.vtn_ecc.key)])
+    async with running_vtn(ssl_context=tls, secure=True) as vtn:
+        plain = vtn.oadr_url.replace("https://", "http://") + "/EiRegisterParty"
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(aiohttp.ClientError):
+                async with session.post(plain, data=body) as resp:
+                    await resp.read()
+    async with running_vtn(secure=True) as misconfigured:  # secure config, no TLS listener
+        async with aiohttp.ClientSession() as session:
+            async with session.post(misconfigured.oadr_url + "/EiRegisterParty",
+                                    data=body) as resp:
+                assert resp.status == 403
+                assert b"TLS" in await resp.read()
