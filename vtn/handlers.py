@@ -366,24 +366,19 @@ class VtnHandlers(Router[Ctx]):
     @on(CreateOpt, CreatedOpt)
     async def on_create_opt(self, msg: CreateOpt, ctx: Ctx) -> CreatedOpt:
         ven = self.authenticate(msg.ven_id, ctx)
-        if msg.event_id is not None:
-            if self.store.record_event_responses(
-                    ven.ven_id, [(msg.event_id, msg.modification_number or 0, msg.opt_type, 200)],
-                    ctx.now) is not None:
-                raise InvalidId(f"eventID {msg.event_id} is not an event of {ven.ven_id}")
-        self.store.save_opt(OptRecord(
+        stranger = self.store.save_opt(OptRecord(
             opt_id=msg.opt_id, ven_id=ven.ven_id, opt_type=msg.opt_type,
             opt_reason=str(msg.opt_reason), created=ctx.now, market_context=msg.market_context,
             event_id=msg.event_id, modification_number=msg.modification_number,
             availability=tuple((a.dtstart, a.duration.total_seconds()) for a in msg.availability),
             targets=msg.targets))
+        if stranger is not None:
+            raise InvalidId(f"eventID {stranger} is not an event of {ven.ven_id}")
         return CreatedOpt(response=ok(msg.request_id), opt_id=msg.opt_id)
 
     @on(CancelOpt, CanceledOpt)
     async def on_cancel_opt(self, msg: CancelOpt, ctx: Ctx) -> CanceledOpt:
         ven = self.authenticate(msg.ven_id, ctx)
-        opt = self.store.get_opt(ven.ven_id, msg.opt_id)
-        if opt is None:
+        if not self.store.cancel_opt(ven.ven_id, msg.opt_id, ctx.now):
             raise InvalidId(f"optID {msg.opt_id} is unknown for {ven.ven_id}")
-        self.store.save_opt(dataclasses.replace(opt, cancelled_at=ctx.now))
         return CanceledOpt(response=ok(msg.request_id), opt_id=msg.opt_id)

@@ -465,15 +465,38 @@ class VtnStore:
 
     # --- opts ---------------------------------------------------------------------------
 
-    def save_opt(self, opt: OptRecord) -> None:
+    def save_opt(self, opt: OptRecord) -> str | None:
+        """Store an opt; an event-scoped one also becomes the VEN's answer to that event, in the
+        same transaction. Returns the eventID if it is not this VEN's (nothing stored then)."""
+        try:
+            with self._tx() as s:
+                if opt.event_id is not None:
+                    self._record_answers(s, opt.ven_id, [(
+                        opt.event_id, opt.modification_number or 0, opt.opt_type, 200)],
+                        opt.created)
+                self._put_opt(s, opt)
+        except _NotYours as exc:
+            return exc.event_id
+        return None
+
+    @staticmethod
+    def _put_opt(s: Session, opt: OptRecord) -> None:
+        s.merge(OptRow(
+            ven_id=opt.ven_id, opt_id=opt.opt_id, opt_type=str(opt.opt_type),
+            opt_reason=opt.opt_reason, created=opt.created,
+            market_context=opt.market_context, event_id=opt.event_id,
+            modification_number=opt.modification_number,
+            availability=[[a.isoformat(), s_] for a, s_ in opt.availability],
+            targets=targets_to_json(opt.targets), cancelled_at=opt.cancelled_at))
+
+    def cancel_opt(self, ven_id: str, opt_id: str, now: datetime) -> bool:
+        """Mark a VEN's opt cancelled; False if it has no such opt."""
         with self._tx() as s:
-            s.merge(OptRow(
-                ven_id=opt.ven_id, opt_id=opt.opt_id, opt_type=str(opt.opt_type),
-                opt_reason=opt.opt_reason, created=opt.created,
-                market_context=opt.market_context, event_id=opt.event_id,
-                modification_number=opt.modification_number,
-                availability=[[a.isoformat(), s_] for a, s_ in opt.availability],
-                targets=targets_to_json(opt.targets), cancelled_at=opt.cancelled_at))
+            row = s.get(OptRow, (ven_id, opt_id))
+            if row is None:
+                return False
+            row.cancelled_at = now
+            return True
 
     def get_opt(self, ven_id: str, opt_id: str) -> OptRecord | None:
         with Session(self.engine) as s:
