@@ -16,6 +16,7 @@ from functools import lru_cache, partial
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from adrgate.tls import peer_fingerprint as from_ssl
 from oadr import codec
 from oadr.errors import AdrError, MalformedMessage, NotRecognized
 from oadr.messages import SERVICE_OF, Message, ResponseMessage, error_response
@@ -59,8 +60,6 @@ DEPS = web.AppKey("deps", VtnDeps)
 
 
 def peer_fingerprint(request: web.Request) -> str | None:
-    from adrgate.tls import peer_fingerprint as from_ssl
-
     transport = request.transport
     ssl_object = transport.get_extra_info("ssl_object") if transport else None
     return from_ssl(ssl_object) if ssl_object is not None else None

@@ -217,18 +217,6 @@ class VtnStore:
             s.exec(_ack(ven.ven_id, OutboxKind.REREGISTER).values(acked_at=now))
             _owe(s, ven.ven_id, owed_event_ids)
 
-    def delete_ven(self, ven_id: str) -> bool:
-        with self._tx() as s:
-            row = s.get(VenRow, ven_id)
-            if row is None:
-                return False
-            s.delete(row)
-            s.exec(delete(DeliveryRow).where(col(DeliveryRow.ven_id) == ven_id))
-            s.exec(delete(OutboxRow).where(col(OutboxRow.ven_id) == ven_id))
-            return True
-
-    # --- programs -----------------------------------------------------------------------
-
     def save_program(self, market_context: str, name: str, description: str = "") -> None:
         with self._tx() as s:
             s.merge(ProgramRow(market_context=market_context, name=name, description=description))
