@@ -133,8 +133,8 @@ class Settings:
             object.__setattr__(self, "database_url", f"sqlite:///{self.data_dir}/adrgate.db")
         if not 0 <= self.port <= 65535:
             raise _invalid("port", f"must be 0..65535, got {self.port}")
-        if self.poll_freq <= timedelta(0):
-            raise _invalid("poll_freq", "must be positive")
+        if self.poll_freq < timedelta(seconds=1) or self.poll_freq.microseconds:
+            raise _invalid("poll_freq", "must be a whole number of seconds >= 1")
         if self.max_body_bytes <= 0:
             raise _invalid("max_body_bytes", "must be positive")
         if not self.vtn_id:

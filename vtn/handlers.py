@@ -51,6 +51,12 @@ class VtnConfig:
     report_granularity: timedelta = timedelta(seconds=60)
     secure: bool = False  # mutual TLS: the connection's fingerprint must be the VEN's
 
+    def __post_init__(self) -> None:
+        # xs:duration in oadrRequestedOadrPollFreq takes whole seconds only.
+        if self.poll_freq < timedelta(seconds=1) or self.poll_freq.microseconds:
+            raise ValueError(f"poll frequency must be a whole number of seconds >= 1, "
+                             f"not {self.poll_freq.total_seconds()}")
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Ctx:
