@@ -142,8 +142,22 @@ def build_parser() -> argparse.ArgumentParser:
     client(ev.add_parser("show", help="show an event with per-VEN delivery and opt state")
            ).add_argument("event_id")
 
-    ven = sub.add_parser("ven", help="list, approve and provision VENs")
-    vs = ven.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ven = sub.add_parser(
+        "ven", help="run an aggregator VEN fleet (--fleet FILE); list, approve, provision VENs",
+        description="With --fleet FILE and no ACTION: run every VEN of the fleet file (see "
+                    "docs/fleet.example.toml) until interrupted. `status` and `signals` read the "
+                    "fleet's database; list, approve and provision talk to a VTN's API.",
+        epilog=_settings_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    ven.add_argument("--fleet", type=Path, help="fleet file (TOML) to run")
+    ven.add_argument("--data-dir", type=Path, help="data directory (ADRGATE_DATA_DIR)")
+    vs = ven.add_subparsers(dest="action", required=False, metavar="ACTION")
+    for name, text in (("status", "each fleet VEN's registration, last poll, events, opts and "
+                                  "report requests"),
+                       ("signals", "the grid signals each fleet VEN holds for the bridge")):
+        p = vs.add_parser(name, help=text)
+        p.add_argument("--fleet", type=Path, default=argparse.SUPPRESS, help="fleet file (TOML)")
+        p.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS,
+                       help="data directory (ADRGATE_DATA_DIR)")
     client(vs.add_parser("list", help="list VENs"))
     client(vs.add_parser("approve", help="approve a pending registration")).add_argument("ven_id")
     p = client(vs.add_parser("provision", help="allow a VEN (allowlist / pre-allocated venID)"))
@@ -163,27 +177,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {k: v for k in ("host", "port", "data_dir")
+                 if (v := getattr(args, k, None)) is not None}
+    settings = Settings.from_env(os.environ, **overrides)
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return settings
+
+
+def _run_local_command(args: argparse.Namespace) -> Any:
+    """`vtn` and the fleet commands: processes and databases of this machine, no API."""
+    settings = _settings(args)
     if args.command == "vtn":
-        overrides = {k: v for k, v in (("host", args.host), ("port", args.port),
-                                       ("data_dir", args.data_dir)) if v is not None}
-        try:
-            settings = Settings.from_env(os.environ, **overrides)
-        except ValueError as exc:
-            print(f"adrgate: configuration error: {exc}", file=sys.stderr)
-            return 2
-        logging.basicConfig(level=settings.log_level,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         from .vtnserver import serve
 
         serve(settings)
-        return 0
+        return None
+    from . import venfleet
+
+    if args.action is None:
+        venfleet.run(args.fleet, settings)
+        return None
+    return venfleet.status(args.fleet, settings) if args.action == "status" \
+        else venfleet.signals(args.fleet, settings)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    fleet_command = args.command == "ven" and args.action in (None, "status", "signals")
+    if fleet_command and getattr(args, "fleet", None) is None:
+        parser.error("adrgate ven: give --fleet FILE (run, status, signals) or an ACTION")
     try:
-        result = _run_api_command(args)
+        if args.command == "vtn" or fleet_command:
+            result = _run_local_command(args)
+            if result is None:
+                return 0
+        else:
+            result = _run_api_command(args)
     except ApiError as exc:
         print(f"adrgate: {exc}", file=sys.stderr)
         return 1
+    except (ValueError, OSError) as exc:  # settings, fleet file (FleetError), database
+        print(f"adrgate: configuration error: {exc}", file=sys.stderr)
+        return 2
     try:
         print(json.dumps(result, indent=2))
     except BrokenPipeError:  # e.g. piped into `head`: not an error of ours

@@ -1,0 +1,331 @@
+"""The VEN fleet's I/O: many sans-IO `VenAgent`s on one event loop, one timer heap, one HTTP pool.
+
+Rules of this file:
+- One scheduler: each agent says when it next has work (`next_wakeup`); the loop's own timer heap
+  (`loop.call_later`) wakes it then. There is no per-VEN task or scheduler while a VEN is idle.
+- One `aiohttp.ClientSession` and connector for the whole fleet; per-VEN TLS contexts (client
+  certificates) share it, keyed by the connector. `concurrency` bounds exchanges in flight.
+- A `Transport` owns one VEN's wire: encode (and sign), POST, check the VTN's certificate
+  fingerprint and signature, parse. It blames the VTN with `Refused` (4xx, unreadable reply) or
+  `Unreachable` (no answer, 5xx); the agent decides what each means.
+- State changes are flushed to the store after every exchange: a crash loses at most the exchange
+  in flight, which the level-triggered agent derives again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timezone
+from functools import partial
+from typing import Final
+
+import aiohttp
+
+from adrgate.tls import client_context, peer_fingerprint
+from oadr import codec
+from oadr.errors import AdrError
+from oadr.messages import Message, Poll
+from oadr.signing import InMemoryReplayCache, ReplayCache, SigningKey, admit, check_signature, sign
+
+from .agent import BadReply, Outgoing, VenAgent
+from .fleet import FleetSpec, TlsSpec, VenSpec
+from .records import GridSignal, VenSnapshot
+from .reports import TelemetrySource
+from .store import FleetStore
+from .telemetry import ModelTelemetry
+
+log = logging.getLogger("adrgate.ven")
+
+MAX_EXCHANGES_PER_WAKE: Final = 20  # then yield to the other VENs and come back at once
+HEARTBEAT_EVERY: Final = 5.0  # seconds between batched last-poll writes
+REQUEST_TIMEOUT: Final = aiohttp.ClientTimeout(total=30)
+SHUTDOWN_TIMEOUT: Final = 10.0
+
+Clock = Callable[[], datetime]
+SignalSink = Callable[[str, tuple[GridSignal, ...]], None]
+# Every exchange as bytes, for transcripts and conformance checks: (ven, service, sent, received).
+Observer = Callable[[str, str, bytes, bytes], None]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Refused(Exception):
+    """The VTN answered, but not with an acceptable reply to what we sent."""
+
+
+class Unreachable(Exception):
+    """No answer from the VTN."""
+
+
+class Transport:
+    def __init__(self, session: aiohttp.ClientSession, spec: VenSpec, *,
+                 ssl_context: ssl.SSLContext | None, key: SigningKey | None,
+                 replay: ReplayCache, clock: Clock, observer: Observer | None) -> None:
+        self.session = session
+        self.spec = spec
+        self.ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else False
+        self.key = key
+        self.replay = replay
+        self.clock = clock
+        self.observer = observer
+        self._poll: tuple[Poll, bytes] | None = None  # an unsigned poll never changes
+        self._last_reply: tuple[bytes, Message] | None = None  # the VTN's repeated idle answer
+
+    def encode(self, msg: Message) -> bytes:
+        if self.key is not None:
+            return codec.serialize(msg, sign=partial(sign, key=self.key, now=self.clock(),
+                                                     nonce=uuid.uuid4().hex))
+        if isinstance(msg, Poll):
+            if self._poll is None or self._poll[0] != msg:
+                self._poll = (msg, codec.serialize(msg))
+            return self._poll[1]
+        return codec.serialize(msg)
+
+    async def exchange(self, out: Outgoing) -> Message:
+        """POST one message and return the VTN's parsed reply.
+
+        Raises:
+            Unreachable: connection failure, timeout, HTTP 5xx, or the wrong VTN certificate.
+            Refused: HTTP 4xx, or a reply that is malformed, invalid or badly signed.
+        """
+        body = self.encode(out.message)
+        url = f"{self.spec.vtn_url.rstrip('/')}/{out.service}"
+        try:
+            async with self.session.post(url, data=body, ssl=self.ssl,
+                                         headers={"Content-Type": "application/xml"}) as resp:
+                self._check_vtn_certificate(resp)
+                status, data = resp.status, await resp.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise Unreachable(f"{type(exc).__name__}: {exc}") from None
+        if self.observer is not None:
+            self.observer(self.spec.name, out.service, body, data)
+        if status >= 500:
+            raise Unreachable(f"HTTP {status}")
+        if status >= 400:
+            raise Refused(f"HTTP {status}: {data[:200]!r}")
+        return await self._parse(data)
+
+    def _check_vtn_certificate(self, resp: aiohttp.ClientResponse) -> None:
+        pinned = self.spec.vtn_fingerprint
+        if pinned is None or resp.connection is None or resp.connection.transport is None:
+            return
+        seen = peer_fingerprint(resp.connection.transport.get_extra_info("ssl_object"))
+        if seen != pinned:
+            raise Unreachable(f"VTN certificate fingerprint {seen} is not the pinned {pinned}")
+
+    async def _parse(self, data: bytes) -> Message:
+        if self._last_reply is not None and self._last_reply[0] == data:
+            return self._last_reply[1]
+        check = None
+        if self.key is not None:
+            check = partial(check_signature, expected_fingerprint=self.spec.vtn_fingerprint,
+                            now=self.clock())
+        try:
+            received = codec.parse(data, verify=check)
+            if received.signature is not None:
+                await admit(received.signature, self.replay)
+        except AdrError as exc:
+            raise Refused(f"unacceptable reply ({exc.code}): {exc}") from None
+        if received.signature is None:  # identical unsigned bytes parse to the same message
+            self._last_reply = (data, received.message)
+        return received.message
+
+
+class Fleet:
+    """Runs every VEN of a fleet file until `stop` is set."""
+
+    def __init__(self, spec: FleetSpec, store: FleetStore, *, clock: Clock = utcnow,
+                 telemetry: TelemetrySource | None = None, seed: int | None = None,
+                 on_signals: SignalSink | None = None, observer: Observer | None = None) -> None:
+        self.spec = spec
+        self.store = store
+        self.clock = clock
+        self.rng = random.Random(seed)
+        self.on_signals = on_signals
+        self.observer = observer
+        self.telemetry = telemetry or ModelTelemetry(self._signals_for, self._availability_of)
+        self.agents: dict[str, VenAgent] = {}
+        self.transports: dict[str, Transport] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._again: set[str] = set()
+        self._stopping = False
+        self._semaphore = asyncio.Semaphore(spec.concurrency)
+        self._resources = {r.resource_id: name for v in spec.vens for r in v.resources
+                           for name in (v.name,)}
+
+    # --- run ----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        connector = aiohttp.TCPConnector(limit=self.spec.max_connections)
+        async with aiohttp.ClientSession(connector=connector, timeout=REQUEST_TIMEOUT) as session:
+            self._start(session)
+            heartbeat = asyncio.create_task(self._heartbeats(stop))
+            try:
+                await stop.wait()
+            finally:
+                await self._shutdown()
+                heartbeat.cancel()
+                self._write_heartbeats()
+
+    def _start(self, session: aiohttp.ClientSession) -> None:
+        snapshots = self.store.load_all()
+        keys: dict[TlsSpec, tuple[ssl.SSLContext, SigningKey]] = {}
+        replay = InMemoryReplayCache(self.clock)
+        now = self.clock()
+        for ven in self.spec.vens:
+            ctx, key = None, None
+            if ven.tls is not None:
+                if ven.tls not in keys:
+                    keys[ven.tls] = _load_tls(ven.tls)
+                ctx, key = keys[ven.tls]
+            snapshot = snapshots.get(ven.name)
+            agent = VenAgent(ven, snapshot if snapshot is not None else VenSnapshot(),
+                             rng=random.Random(self.rng.random()), new_id=_new_id,
+                             telemetry=self.telemetry, history=partial(self.store.samples, ven.name))
+            agent.start(now)
+            self.agents[ven.name] = agent
+            self.transports[ven.name] = Transport(
+                session, ven, ssl_context=ctx, key=key if ven.sign else None, replay=replay,
+                clock=self.clock, observer=self.observer)
+            self._wake(ven.name)
+
+    async def _shutdown(self) -> None:
+        self._stopping = True
+        for handle in self._timers.values():
+            handle.cancel()
+        if self._running:
+            await asyncio.wait(list(self._running.values()), timeout=SHUTDOWN_TIMEOUT)
+        leaving = [(name, out) for name, agent in self.agents.items()
+                   if (out := agent.shutdown_message()) is not None]
+        if leaving:
+            await asyncio.wait([asyncio.create_task(self._leave(name, out))
+                                for name, out in leaving], timeout=SHUTDOWN_TIMEOUT)
+
+    async def _leave(self, name: str, out: Outgoing) -> None:
+        try:
+            await self.transports[name].exchange(out)
+        except (Refused, Unreachable) as exc:
+            log.warning("ven=%s could not cancel its registration: %s", name, exc)
+            return
+        self.store.forget(name)
+        log.info("ven=%s registration cancelled on shutdown", name)
+
+    # --- scheduling ---------------------------------------------------------------------
+
+    def _wake(self, name: str) -> None:
+        self._timers.pop(name, None)
+        if self._stopping:
+            return
+        if name in self._running:
+            self._again.add(name)
+            return
+        self._running[name] = asyncio.create_task(self._drive(name))
+
+    def _schedule(self, name: str) -> None:
+        agent = self.agents[name]
+        now = self.clock()
+        when = agent.next_wakeup(now)
+        if name in self._again:
+            self._again.discard(name)
+            when = now
+        if when is None or self._stopping:
+            return
+        loop = asyncio.get_running_loop()
+        previous = self._timers.pop(name, None)
+        if previous is not None:
+            previous.cancel()
+        self._timers[name] = loop.call_later(max(0.0, (when - now).total_seconds()),
+                                             self._wake, name)
+
+    async def _drive(self, name: str) -> None:
+        agent, transport = self.agents[name], self.transports[name]
+        try:
+            for _ in range(MAX_EXCHANGES_PER_WAKE):
+                agent.tick(self.clock())
+                out = agent.next_message(self.clock())
+                if out is None:
+                    break
+                async with self._semaphore:
+                    await self._exchange(agent, transport, out)
+                self._flush(name, agent)
+            else:
+                self._again.add(name)
+        except Exception as exc:  # a bug in one VEN must not stop the fleet
+            log.exception("ven=%s failed; retrying later", name)
+            agent.on_internal_error(repr(exc), self.clock())
+        finally:
+            self._flush(name, agent)
+            del self._running[name]
+            self._schedule(name)
+
+    async def _exchange(self, agent: VenAgent, transport: Transport, out: Outgoing) -> None:
+        try:
+            reply = await transport.exchange(out)
+        except Unreachable as exc:
+            agent.on_unreachable(out, str(exc), self.clock())
+            return
+        except Refused as exc:
+            agent.on_refused(out, str(exc), self.clock())
+            return
+        try:
+            agent.on_reply(out, reply, self.clock())
+        except BadReply as exc:
+            agent.on_refused(out, str(exc), self.clock())
+
+    def _flush(self, name: str, agent: VenAgent) -> None:
+        changes = agent.take_changes()
+        if not changes.empty():
+            self.store.save(name, changes)
+        if agent.signals_changed:
+            agent.signals_changed = False
+            if self.on_signals is not None:
+                self.on_signals(name, agent.signals(self.clock()))
+
+    async def _heartbeats(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await asyncio.sleep(HEARTBEAT_EVERY)
+            self._write_heartbeats()
+
+    def _write_heartbeats(self) -> None:
+        self.store.save_heartbeats({name: (a.last_poll, a.last_error)
+                                    for name, a in self.agents.items()})
+
+    # --- what the default telemetry model needs to know ---------------------------------
+
+    def _signals_for(self, resource_id: str, now: datetime) -> tuple[GridSignal, ...]:
+        agent = self.agents.get(self._resources.get(resource_id, ""))
+        if agent is None:
+            return ()
+        return tuple(s for s in agent.signals(now) if resource_id in s.resources)
+
+    def _availability_of(self, resource_id: str, now: datetime) -> tuple[bool, bool]:
+        agent = self.agents.get(self._resources.get(resource_id, ""))
+        online, override = True, False
+        for a in agent.spec.availability if agent is not None else ():
+            if a.start <= now < a.start + a.duration and (not a.resources
+                                                         or resource_id in a.resources):
+                online = online and a.reason != "outageRunStatus"
+                override = override or a.reason == "overrideStatus"
+        return online, override
+
+    def signals(self, name: str) -> tuple[GridSignal, ...]:
+        return self.agents[name].signals(self.clock())
+
+
+def _load_tls(tls: TlsSpec) -> tuple[ssl.SSLContext, SigningKey]:
+    with open(tls.cert, "rb") as cert, open(tls.key, "rb") as key:
+        signing_key = SigningKey.load(cert.read(), key.read())
+    # The VTN is identified by its pinned fingerprint and CA, not by the host name in the URL.
+    return client_context(tls.cert, tls.key, tls.ca, check_hostname=False), signing_key
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
