@@ -80,6 +80,10 @@ async def running_fleet(vens: Sequence[VenSpec], database_url: str = "sqlite://"
     runner = Fleet(spec, store, seed=seed, observer=wire)
     stop = asyncio.Event()
     task = asyncio.create_task(runner.run(stop))
+    await asyncio.wait([task, asyncio.create_task(runner.started.wait())],
+                       return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        task.result()  # failed to start: raise why
     try:
         yield RunningFleet(runner, store, wire)
     finally:

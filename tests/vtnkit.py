@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -24,6 +24,8 @@ from vtn.operator import Operator
 from vtn.store import VtnStore
 
 OADR_PATH = "/OpenADR2/Simple/2.0b"
+Middleware = Callable[[web.Request, Callable[[web.Request], Awaitable[web.StreamResponse]]],
+                      Awaitable[web.StreamResponse]]
 
 
 @dataclass
@@ -49,8 +51,10 @@ def utcnow() -> datetime:
 async def running_vtn(database_url: str = "sqlite://", *, ssl_context: ssl.SSLContext | None = None,
                       signing_key: SigningKey | None = None, require_signatures: bool = False,
                       replay: ReplayCache | None = None, max_body_bytes: int = 1_048_576,
+                      port: int = 0, middlewares: Sequence[Middleware] = (),
                       **config: Any) -> AsyncIterator[Vtn]:
-    """A VTN on 127.0.0.1 (a free port) over a fresh or given database."""
+    """A VTN on 127.0.0.1 (a free port, or `port`) over a fresh or given database;
+    `middlewares` run before the VTN sees a request (fault injection)."""
     store = VtnStore(make_engine(database_url))
     store.create_schema()
     config.setdefault("vtn_id", "TEST-VTN")
@@ -59,9 +63,10 @@ async def running_vtn(database_url: str = "sqlite://", *, ssl_context: ssl.SSLCo
                    signing_key=signing_key, require_signatures=require_signatures,
                    max_body_bytes=max_body_bytes)
     app = make_app(deps)
+    app.middlewares.extend(middlewares)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
+    site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=ssl_context)
     await site.start()
     port = runner.addresses[0][1]
     scheme = "https" if ssl_context else "http"

@@ -157,6 +157,7 @@ class Fleet:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
         self._stopping = False
+        self.started = asyncio.Event()  # every agent loaded and scheduled
         self._semaphore = asyncio.Semaphore(spec.concurrency)
         self._resources = {r.resource_id: name for v in spec.vens for r in v.resources
                            for name in (v.name,)}
@@ -167,6 +168,7 @@ class Fleet:
         connector = aiohttp.TCPConnector(limit=self.spec.max_connections)
         async with aiohttp.ClientSession(connector=connector, timeout=REQUEST_TIMEOUT) as session:
             self._start(session)
+            self.started.set()
             heartbeat = asyncio.create_task(self._heartbeats(stop))
             try:
                 await stop.wait()
