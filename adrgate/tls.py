@@ -50,6 +50,24 @@ def client_context(cert_file: StrPath, key_file: StrPath, ca_file: StrPath, *,
     return ctx
 
 
+def pin(ctx: ssl.SSLContext, expected_fingerprint: str) -> ssl.SSLContext:
+    """Make a client context refuse, inside the handshake, a server whose certificate is not the
+    pinned one, so not a byte of the request reaches an impostor (asyncio drives the handshake
+    through `sslobject_class`)."""
+    expected = expected_fingerprint.upper()
+
+    class Pinned(ssl.SSLObject):
+        def do_handshake(self) -> None:
+            super().do_handshake()
+            seen = peer_fingerprint(self)
+            if seen != expected:
+                raise ssl.SSLCertVerificationError(
+                    f"server certificate fingerprint {seen} is not the pinned {expected}")
+
+    ctx.sslobject_class = Pinned
+    return ctx
+
+
 def peer_fingerprint(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str | None:
     """The OpenADR fingerprint of the peer's certificate, or None without TLS or certificate.
 

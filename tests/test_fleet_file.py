@@ -213,7 +213,7 @@ def test_datetimes_with_a_zone_become_utc(start: object) -> None:
     "3fa29c110b7ed45860e1", "3f:a2:9c:11:0b:7e:d4:58:60:e1", "3FA29C110B7ED45860E1",
 ])
 def test_vtn_fingerprint_normalised(given: str) -> None:
-    fleet = parse({"ven": [ven(vtn_fingerprint=given)]})
+    fleet = parse({"ven": [ven(vtn_fingerprint=given, tls=TLS)]})
     assert fleet.vens[0].vtn_fingerprint == "3F:A2:9C:11:0B:7E:D4:58:60:E1"
 
 
@@ -397,6 +397,8 @@ def errors() -> list[Any]:
         p({"ven": [ven(resources=[res(id="r{n}"), res(id="r1")])]}, "ven[0].resources[1].id",
           "'r1' is already a resource", id="duplicate-resource-after-template"),
         p({"ven": [ven(sign=True)]}, "ven[0].sign", "needs tls", id="sign-without-tls"),
+        p({"ven": [ven(vtn_fingerprint="00:11:22:33:44:55:66:77:88:99")]},
+          "ven[0].vtn_fingerprint", "needs tls", id="pin-without-tls"),
         p({"defaults": {"sign": True}, "ven": [ven()]}, "defaults.sign", "needs tls",
           id="default-sign-without-tls"),
         p({"ven": [ven(vtn_fingerprint="AA:" * 8 + "AA")]}, "ven[0].vtn_fingerprint",

@@ -4,7 +4,6 @@ durability across restarts and a VTN that goes away."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from ven.records import RegState
 from vtn.handlers import ReportVia
 
 from tests.venkit import PROGRAM, battery, running_fleet, ven_spec
-from tests.vtnkit import Vtn, api, running_vtn, simple_event, utcnow, wait_for
+from tests.vtnkit import Handler, Vtn, api, running_vtn, simple_event, utcnow, wait_for
 
 FAST = {"poll_freq": timedelta(seconds=1), "report_granularity": timedelta(seconds=1)}
 
@@ -183,9 +182,6 @@ async def test_restart_resyncs_without_registering_again(tmp_path: Path) -> None
             assert vtn.store.get_ven(ven_id).registration_id == registration_id  # type: ignore[union-attr]
             await wait_for(lambda: vtn.store.count_report_values(ven_id) > 0,
                            what="reports resumed after the restart")
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 async def test_vtn_down_at_start_then_up() -> None:

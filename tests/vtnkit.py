@@ -24,8 +24,8 @@ from vtn.operator import Operator
 from vtn.store import VtnStore
 
 OADR_PATH = "/OpenADR2/Simple/2.0b"
-Middleware = Callable[[web.Request, Callable[[web.Request], Awaitable[web.StreamResponse]]],
-                      Awaitable[web.StreamResponse]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 
 @dataclass

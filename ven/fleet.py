@@ -229,6 +229,8 @@ def _ven(fields: _Fields, path: str, n: int, base_dir: Path) -> VenSpec:
         kw["availability"] = _availability(value, where, n, ids)
     if kw.get("sign") and "tls" not in kw:
         _fail(fields["sign"][1], "sign = true needs tls (its key signs the messages)")
+    if kw.get("vtn_fingerprint") and "tls" not in kw:
+        _fail(fields["vtn_fingerprint"][1], "a pinned fingerprint needs tls (an https:// VTN)")
     return VenSpec(**kw)
 
 

@@ -26,7 +26,7 @@ from typing import Final
 
 import aiohttp
 
-from adrgate.tls import client_context, peer_fingerprint
+from adrgate.tls import client_context, pin
 from oadr import codec
 from oadr.errors import AdrError
 from oadr.messages import Message, Poll
@@ -92,7 +92,8 @@ class Transport:
         """POST one message and return the VTN's parsed reply.
 
         Raises:
-            Unreachable: connection failure, timeout, HTTP 5xx, or the wrong VTN certificate.
+            Unreachable: connection failure, timeout, HTTP 5xx, or a VTN certificate that is not
+                the pinned one (refused inside the TLS handshake: see `adrgate.tls.pin`).
             Refused: HTTP 4xx, or a reply that is malformed, invalid or badly signed.
         """
         body = self.encode(out.message)
@@ -100,7 +101,6 @@ class Transport:
         try:
             async with self.session.post(url, data=body, ssl=self.ssl,
                                          headers={"Content-Type": "application/xml"}) as resp:
-                self._check_vtn_certificate(resp)
                 status, data = resp.status, await resp.read()
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise Unreachable(f"{type(exc).__name__}: {exc}") from None
@@ -111,14 +111,6 @@ class Transport:
         if status >= 400:
             raise Refused(f"HTTP {status}: {data[:200]!r}")
         return await self._parse(data)
-
-    def _check_vtn_certificate(self, resp: aiohttp.ClientResponse) -> None:
-        pinned = self.spec.vtn_fingerprint
-        if pinned is None or resp.connection is None or resp.connection.transport is None:
-            return
-        seen = peer_fingerprint(resp.connection.transport.get_extra_info("ssl_object"))
-        if seen != pinned:
-            raise Unreachable(f"VTN certificate fingerprint {seen} is not the pinned {pinned}")
 
     async def _parse(self, data: bytes) -> Message:
         if self._last_reply is not None and self._last_reply[0] == data:
@@ -179,15 +171,16 @@ class Fleet:
 
     def _start(self, session: aiohttp.ClientSession) -> None:
         snapshots = self.store.load_all()
-        keys: dict[TlsSpec, tuple[ssl.SSLContext, SigningKey]] = {}
+        keys: dict[tuple[TlsSpec, str | None], tuple[ssl.SSLContext, SigningKey]] = {}
         replay = InMemoryReplayCache(self.clock)
         now = self.clock()
         for ven in self.spec.vens:
             ctx, key = None, None
             if ven.tls is not None:
-                if ven.tls not in keys:
-                    keys[ven.tls] = _load_tls(ven.tls)
-                ctx, key = keys[ven.tls]
+                ident = (ven.tls, ven.vtn_fingerprint)
+                if ident not in keys:
+                    keys[ident] = _load_tls(ven.tls, ven.vtn_fingerprint)
+                ctx, key = keys[ident]
             snapshot = snapshots.get(ven.name)
             agent = VenAgent(ven, snapshot if snapshot is not None else VenSnapshot(),
                              rng=random.Random(self.rng.random()), new_id=_new_id,
@@ -322,11 +315,12 @@ class Fleet:
         return self.agents[name].signals(self.clock())
 
 
-def _load_tls(tls: TlsSpec) -> tuple[ssl.SSLContext, SigningKey]:
+def _load_tls(tls: TlsSpec, vtn_fingerprint: str | None) -> tuple[ssl.SSLContext, SigningKey]:
     with open(tls.cert, "rb") as cert, open(tls.key, "rb") as key:
         signing_key = SigningKey.load(cert.read(), key.read())
-    # The VTN is identified by its pinned fingerprint and CA, not by the host name in the URL.
-    return client_context(tls.cert, tls.key, tls.ca, check_hostname=False), signing_key
+    # With a pin the VTN is identified by its fingerprint (and CA), not by the URL's host name.
+    ctx = client_context(tls.cert, tls.key, tls.ca, check_hostname=vtn_fingerprint is None)
+    return (pin(ctx, vtn_fingerprint) if vtn_fingerprint else ctx), signing_key
 
 
 def _new_id() -> str:
