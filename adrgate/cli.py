@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import urllib.error
@@ -17,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .logs import configure as configure_logging
 from .settings import Settings
 
 DEFAULT_API = "http://127.0.0.1:8080"
@@ -181,8 +181,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     overrides = {k: v for k in ("host", "port", "data_dir")
                  if (v := getattr(args, k, None)) is not None}
     settings = Settings.from_env(os.environ, **overrides)
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     return settings
 
 

@@ -20,6 +20,11 @@ from vtn.handlers import RegistrationPolicy, ReportVia
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class LogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -91,6 +96,8 @@ VARS: tuple[Var, ...] = (
     Var("require_signatures", "ADRGATE_REQUIRE_SIGNATURES", _bool, "reject unsigned payloads"),
     Var("api_token", "ADRGATE_API_TOKEN", str, "bearer token for the operator API; unset disables the check"),
     Var("log_level", "ADRGATE_LOG_LEVEL", str.upper, "|".join(LOG_LEVELS)),
+    Var("log_format", "ADRGATE_LOG_FORMAT", _choice(LogFormat),
+        "text, or json: one object per line with the VEN name and event fields as keys"),
 )
 _ENV = {v.name: v.env for v in VARS}
 
@@ -127,6 +134,7 @@ class Settings:
     require_signatures: bool = False
     api_token: str | None = field(default=None, repr=False)
     log_level: str = "INFO"
+    log_format: LogFormat = LogFormat.TEXT
 
     def __post_init__(self) -> None:
         if not self.database_url:

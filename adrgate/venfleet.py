@@ -54,9 +54,9 @@ async def _run(fleet: FleetSpec, store: FleetStore) -> None:
 def _log_signals(ven: str, signals: tuple[GridSignal, ...]) -> None:
     # Until the bridge consumes them, grid signals are stored (as their events) and logged.
     for s in signals:
-        log.info("ven=%s grid signal %s/%s event=%s mod=%d priority=%d resources=%s purpose=%s",
-                 ven, s.signal_name, s.signal_type, s.event_id, s.modification_number,
-                 s.priority, ",".join(s.resources), s.purpose)
+        log.info("grid signal %s/%s mod=%d priority=%d resources=%s purpose=%s",
+                 s.signal_name, s.signal_type, s.modification_number, s.priority,
+                 ",".join(s.resources), s.purpose, extra={"ven": ven, "event_id": s.event_id})
 
 
 def status(path: Path, settings: Settings) -> list[dict[str, Any]]:

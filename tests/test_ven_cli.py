@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 import signal
 import subprocess
 import sys
@@ -14,6 +16,7 @@ from typing import Any
 import pytest
 
 from adrgate import cli
+from adrgate.logs import configure as configure_logging
 from vtn.records import VenStatus
 
 from tests.venkit import PROGRAM
@@ -44,7 +47,8 @@ async def test_fleet_process_status_signals_and_clean_shutdown(
         fleet.write_text(FLEET.format(url=vtn.oadr_url, program=PROGRAM))
         data = str(tmp_path / "data")
         proc = subprocess.Popen([sys.executable, "-m", "adrgate.cli", "ven", "--fleet", str(fleet),
-                                 "--data-dir", data], stderr=subprocess.PIPE)
+                                 "--data-dir", data], stderr=subprocess.PIPE,
+                                env={**os.environ, "ADRGATE_LOG_FORMAT": "json"})
         try:
             ven = await wait_for(lambda: next((v for v in vtn.store.list_vens()
                                                if v.is_registered), None), what="registration")
@@ -75,8 +79,11 @@ async def test_fleet_process_status_signals_and_clean_shutdown(
         assert returncode == 0, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
         # cancel_on_shutdown: the VEN left the VTN on its way out
         assert vtn.store.get_ven(ven.ven_id).status is VenStatus.CANCELLED  # type: ignore[union-attr]
-        log = proc.stderr.read().decode() if proc.stderr else ""
-        assert "ven=agg-cli" in log
+        assert proc.stderr is not None
+        lines = [json.loads(line) for line in proc.stderr.read().decode().splitlines()]
+        mine = [line for line in lines if line.get("ven") == "agg-cli"]
+        assert any("registered" in line["message"] for line in mine), lines[-5:]
+        assert any(line.get("event_id") == created["event_id"] for line in mine)
 
 
 def test_ven_needs_a_fleet_or_an_action(capsys: pytest.CaptureFixture[str]) -> None:
@@ -93,3 +100,12 @@ def test_fleet_file_errors_name_the_key(tmp_path: Path,
     assert cli.main(["ven", "--fleet", str(fleet), "--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "ven[0].poll_intervl" in err and "poll_interval" in err
+
+
+def test_text_logs_carry_the_ven(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("INFO", "text")
+    try:
+        logging.LoggerAdapter(logging.getLogger("adrgate.ven"), {"ven": "agg-7"}).info("polled")
+        assert "adrgate.ven [ven=agg-7]: polled" in capsys.readouterr().err
+    finally:
+        logging.basicConfig(force=True)

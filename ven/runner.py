@@ -208,10 +208,10 @@ class Fleet:
         try:
             await self.transports[name].exchange(out)
         except (Refused, Unreachable) as exc:
-            log.warning("ven=%s could not cancel its registration: %s", name, exc)
+            log.warning("could not cancel the registration: %s", exc, extra={"ven": name})
             return
         self.store.forget(name)
-        log.info("ven=%s registration cancelled on shutdown", name)
+        log.info("registration cancelled on shutdown", extra={"ven": name})
 
     # --- scheduling ---------------------------------------------------------------------
 
@@ -254,7 +254,7 @@ class Fleet:
             else:
                 self._again.add(name)
         except Exception as exc:  # a bug in one VEN must not stop the fleet
-            log.exception("ven=%s failed; retrying later", name)
+            log.exception("failed; retrying later", extra={"ven": name})
             agent.on_internal_error(repr(exc), self.clock())
         finally:
             self._flush(name, agent)
