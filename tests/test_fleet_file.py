@@ -423,3 +423,13 @@ def test_every_error_case_is_valid_once_its_fault_is_removed() -> None:
     # The error table's base values must load, or its cases could fail for another reason.
     fleet = parse({"ven": [ven(tls=TLS, sign=True, resources=[RESOURCE], availability=[OPT])]})
     assert fleet.vens[0].availability[0].start == datetime(2030, 1, 1, tzinfo=timezone.utc)
+
+
+def test_local_fleet_points_at_the_default_vtn() -> None:
+    from adrgate.settings import Settings
+
+    fleet = load_fleet(Path(__file__).resolve().parent.parent / "docs" / "fleet.local.toml")
+    defaults = Settings()
+    assert {v.vtn_url for v in fleet.vens} == {
+        f"http://{defaults.host}:{defaults.port}/OpenADR2/Simple/2.0b"}
+    assert len(fleet.vens) == 3 and all(v.resources and v.tls is None for v in fleet.vens)
