@@ -10,10 +10,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ven.agent import signals_of
 from ven.fleet import FleetSpec, load_fleet
 from ven.records import GridSignal
 from ven.runner import Fleet
+from ven.signals import signals_of
 from ven.store import FleetStore
 
 from .services import make_engine

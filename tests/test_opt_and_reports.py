@@ -15,12 +15,12 @@ import pytest
 from oadr.messages import (
     Availability, CanceledOpt, CanceledReport, CancelOpt, CancelReport, CreatedOpt, CreatedReport,
     CreateOpt, CreateReport, DistributeEvent, LoadControlState, OptReason, OptType,
-    RegisteredReport, Report, ReportDescription, ReportInterval, ReportPoint, ResourceStatus,
+    Report, ReportInterval, ReportPoint, ResourceStatus,
     Response, ResponseMessage, Target, UpdatedReport, UpdateReport,
 )
 from vtn.handlers import ReportVia
 
-from tests.rawven import POWER, RawVen, code, new_id, telemetry_metadata
+from tests.rawven import RawVen, code, new_id, telemetry_metadata
 from tests.vtnkit import Vtn, api, running_vtn, simple_event, utcnow
 
 PROGRAM = "http://dso.example/programs/flex"

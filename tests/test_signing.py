@@ -16,7 +16,6 @@ from copy import deepcopy
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from itertools import count
-from pathlib import Path
 
 import pytest
 import redis

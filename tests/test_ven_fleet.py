@@ -51,9 +51,10 @@ async def test_fleet_registers_reports_and_answers_events() -> None:
                 assert (await answered(vtn, event_id, ven_id, 0)).opt_type is OptType.OPT_IN
             await wait_for(lambda: all(vtn.store.count_report_values(i) > 0 for i in ven_ids),
                            what="telemetry from every VEN")
-            assert f.wire.types("agg-0")[:4] == ["oadrQueryRegistration",
+            assert f.wire.types("agg-0")[:5] == ["oadrQueryRegistration",
                                                  "oadrCreatePartyRegistration",
-                                                 "oadrRegisterReport", "oadrRequestEvent"]
+                                                 "oadrRegisterReport", "oadrCreatedReport",
+                                                 "oadrRequestEvent"]
 
 
 async def test_modification_explicit_and_implicit_cancellation() -> None:

@@ -6,7 +6,7 @@ Rules of this file:
   answered, an opt not yet acknowledged, a report due, a poll due), never taken from a queue of
   built messages. A failed send loses nothing and a restart derives the same message again.
   Only answers to requests the VTN made on a poll are queued (`answers`).
-- Registration steps are data (`_REG_NEXT`, `_REG_AFTER`); a reply of the wrong kind for the
+- Registration steps are data (`states.REG_NEXT`, `states.REG_AFTER`); a reply of the wrong kind for the
   state is refused like any malformed reply.
 - Every state change goes through `_put_*`/`_drop_*`, which record it in `pending` for the store;
   the caller flushes `take_changes()` after each exchange.
@@ -18,10 +18,10 @@ import dataclasses
 import logging
 import random
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Final, NamedTuple, cast
+from typing import NamedTuple, cast
 
 from oadr.errors import AdrError
 from oadr.events import status_at
@@ -38,21 +38,11 @@ from policies.flexibility import OptDecision, decide, unavailable
 from . import reports
 from .fleet import VenSpec
 from .records import (
-    Changes, GridSignal, OptState, Registration, RegState, RequestState, Sample, VenEvent,
+    Changes, GridSignal, OptState, RegState, RequestState, Sample, VenEvent,
     VenSnapshot,
 )
-from .signals import grid_signals, over, reached_resources, start_offsets, unsupported
-
-BACKOFF_BASE: Final = timedelta(seconds=1)
-BACKOFF_CAP: Final = timedelta(minutes=5)
-
-# Registration is a short conversation: in each state, what we send and what the reply moves us to.
-_REG_NEXT: Final = {RegState.UNREGISTERED: QueryRegistration,
-                    RegState.QUERIED: CreatePartyRegistration,
-                    RegState.REGISTERED: RegisterReport}
-_REG_AFTER: Final = {QueryRegistration: (CreatedPartyRegistration, RegState.QUERIED),
-                     CreatePartyRegistration: (CreatedPartyRegistration, RegState.REGISTERED),
-                     RegisterReport: (RegisteredReport, RegState.READY)}
+from .signals import grid_signals, reached_resources, signals_of, start_offsets, unsupported
+from .states import REG_AFTER, REG_NEXT, backoff
 
 History = Callable[[Sequence[str], datetime, datetime], Sequence[Sample]]
 
@@ -64,12 +54,6 @@ class Outgoing(NamedTuple):
 
 class BadReply(Exception):
     """The VTN answered with something that is not a reply to what we sent."""
-
-
-def backoff(failures: int, rng: random.Random) -> timedelta:
-    """Exponential backoff with full jitter: uniform in [0.5, 1] of min(cap, base * 2^n)."""
-    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * (1 << min(failures, 20)))
-    return ceiling * rng.uniform(0.5, 1.0)
 
 
 def _response(msg: Message) -> Response | None:
@@ -152,11 +136,11 @@ class VenAgent:
         `next_wakeup`."""
         if self.reg.state is RegState.CANCELLED or (self.retry_at and now < self.retry_at):
             return None
-        step = _REG_NEXT.get(self.reg.state)
+        if self.answers:  # the VTN's request is answered first (oadrResponse, then re-register)
+            return self.answers[0]
+        step = REG_NEXT.get(self.reg.state)
         if step is not None:
             return self._registration_message(step, now)
-        if self.answers:
-            return self.answers[0]
         ven_id = self._ven_id()
         if self.reg.resync:
             return self._out(RequestEvent(request_id=self.new_id(), ven_id=ven_id))
@@ -201,7 +185,7 @@ class VenAgent:
             ven_id=self._ven_id(),
             event_responses=tuple(
                 EventResponse(code=ve.response_code,
-                              description="OK" if ve.response_code == 200 else ve.opt_reason,
+                              description="OK" if ve.opt is OptType.OPT_IN else ve.opt_reason,
                               request_id=ve.request_id, event_id=ve.event.event_id,
                               modification_number=ve.event.modification_number, opt_type=ve.opt)
                 for ve in owed)))
@@ -247,7 +231,8 @@ class VenAgent:
         """
         self.failures, self.retry_at = 0, None
         msg = sent.message
-        if _code(reply) == 463 and not isinstance(msg, CancelPartyRegistration):
+        leaving = (CancelPartyRegistration, CanceledPartyRegistration)
+        if _code(reply) == 463 and not isinstance(msg, leaving):
             self._registration_lost(f"VTN answered 463 to {type(msg).__name__}")
             return
         if isinstance(msg, (QueryRegistration, CreatePartyRegistration, RegisterReport)):
@@ -261,6 +246,9 @@ class VenAgent:
             self.next_poll = now + (self.reg.poll_freq or self.spec.poll_interval)
             self._on_vtn_request(reply, now)
         elif isinstance(msg, RequestEvent):
+            if isinstance(reply, ResponseMessage) and _code(reply) == 200:  # openleadr: no events
+                self._put_registration(resync=False)
+                return
             if not isinstance(reply, DistributeEvent):
                 raise BadReply(f"oadrRequestEvent answered with {type(reply).__name__}")
             self._put_registration(resync=False)
@@ -300,7 +288,7 @@ class VenAgent:
     # --- registration -------------------------------------------------------------------
 
     def _registration_reply(self, msg: Message, reply: Message, now: datetime) -> None:
-        expected, state = _REG_AFTER[type(msg)]
+        expected, state = REG_AFTER[type(msg)]
         if not isinstance(reply, expected):
             raise BadReply(f"{type(msg).__name__} answered with {type(reply).__name__}")
         code = _code(reply)
@@ -322,10 +310,15 @@ class VenAgent:
             self._put_registration(state=state, **fields)
         else:
             assert isinstance(reply, RegisteredReport)
-            self._accept_requests(reply.report_requests, now)
+            code, text = self._accept_requests(reply.report_requests, now)
+            if reply.report_requests:  # 2.0b: requests made here are answered oadrCreatedReport
+                self._answer(CreatedReport(response=Response(
+                    code=code, description=text, request_id=reply.response.request_id),
+                    ven_id=self._ven_id(), pending_reports=tuple(self.requests)))
             self._put_registration(state=state, resync=True)
             self.next_poll = now
             self._sync_availability(now)
+            self._reassess(now)
 
     def _registration_lost(self, why: str) -> None:
         """The VTN no longer knows us: register again (keeping a pre-allocated venID); what it
@@ -333,6 +326,7 @@ class VenAgent:
         self.log.warning("%s: registering again", why)
         self._put_registration(state=RegState.UNREGISTERED, ven_id=self.spec.ven_id,
                                registration_id=None, resync=False)
+        self.answers.clear()
         for rid in list(self.requests):
             self._drop_request(rid)
         for st in list(self.opts.values()):
@@ -537,9 +531,13 @@ class VenAgent:
         self.pending.registration = self.reg
 
     def _put_event(self, ve: VenEvent) -> None:
+        old = self.events.get(ve.event.event_id)
         self.events[ve.event.event_id] = ve
         self.pending.put_event(ve)
-        self.signals_changed = True
+        # An acknowledged answer changes no signal; a new modification, opt or offset does.
+        if old is None or (old.event, old.opt, old.start_offsets) != (ve.event, ve.opt,
+                                                                      ve.start_offsets):
+            self.signals_changed = True
 
     def _drop_event(self, event_id: str) -> None:
         del self.events[event_id]
@@ -563,7 +561,7 @@ class VenAgent:
 
     def _ven_id(self) -> str:
         if self.reg.ven_id is None:
-            raise AssertionError("no venID before registration")  # guarded by _REG_NEXT
+            raise AssertionError("no venID before registration")  # guarded by REG_NEXT
         return self.reg.ven_id
 
     def _out(self, msg: Message) -> Outgoing:
@@ -577,17 +575,6 @@ class VenAgent:
         self._inflight = _Inflight()
         self.retry_at = now + backoff(self.failures, self.rng)
         self.failures += 1
-
-
-def signals_of(events: Iterable[VenEvent], spec: VenSpec, now: datetime
-               ) -> tuple[GridSignal, ...]:
-    """The grid signals of the events a VEN takes part in that still matter at `now`."""
-    out: list[GridSignal] = []
-    for ve in events:
-        if ve.response_code == 200 and ve.opt is OptType.OPT_IN \
-                and ve.event.status is not EventStatus.CANCELLED:
-            out += [s for s in grid_signals(ve.event, spec, ve.start_offsets) if not over(s, now)]
-    return tuple(out)
 
 
 def _same_opt(a: CreateOpt, b: CreateOpt) -> bool:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from oadr.messages import CreateOpt, Event, OptReason, OptType, ReportRequest
+from oadr.messages import CreateOpt, Event, OptType, ReportRequest
 
 
 class Purpose(StrEnum):

@@ -16,10 +16,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Final
 
-from oadr.messages import Event, EventSignal, EventStatus, ItemBase, Target
+from oadr.messages import Event, EventSignal, EventStatus, ItemBase, OptType, Target
 
 from .fleet import VenSpec
-from .records import GridSignal, Purpose, SignalInterval
+from .records import GridSignal, Purpose, SignalInterval, VenEvent
 
 # domain.md section 3: the signalName/signalType pairs some device class can act on.
 SUPPORTED: Final[Mapping[str, frozenset[str]]] = {
@@ -194,3 +194,14 @@ def over(signal: GridSignal, now: datetime) -> bool:
         return False
     latest_offset = max((o for _, o in signal.start_offsets), default=timedelta(0))
     return last + latest_offset + (signal.recovery or timedelta(0)) <= now
+
+
+def signals_of(events: Iterable[VenEvent], spec: VenSpec, now: datetime
+               ) -> tuple[GridSignal, ...]:
+    """The grid signals of the events a VEN takes part in that still matter at `now`."""
+    out: list[GridSignal] = []
+    for ve in events:
+        if ve.response_code == 200 and ve.opt is OptType.OPT_IN \
+                and ve.event.status is not EventStatus.CANCELLED:
+            out += [s for s in grid_signals(ve.event, spec, ve.start_offsets) if not over(s, now)]
+    return tuple(out)
