@@ -22,7 +22,8 @@ from typing import Any, Final
 from lxml import etree
 
 from .codec_common import (
-    XSI, Element, duration_prop, find, fmt_bool, get_datetime, get_item_base, get_response,
+    XSI, Element, duration_prop, find, fmt_bool, get_datetime, get_dtstart, get_item_base,
+    get_response,
     get_target, need, opt_datetime, opt_text, payload_float, put, put_datetime, put_dtstart,
     put_duration_prop, put_item_base, put_payload_float, put_response, put_target, sub, text,
     text_of, to_int,
@@ -74,7 +75,9 @@ def put_signal(parent: Element, s: EventSignal) -> None:
     el = sub(parent, EI, "eiEventSignal")
     intervals = sub(el, STRM, "intervals")
     for interval in s.intervals:
-        iv = sub(intervals, EI, "interval")  # no xcal:dtstart here, ever
+        iv = sub(intervals, EI, "interval")
+        if interval.dtstart is not None:  # only ever a peer's, kept as received
+            put_dtstart(iv, interval.dtstart)
         put_duration_prop(iv, XCAL, "duration", interval.duration)
         put(sub(iv, XCAL, "uid"), XCAL, "text", str(interval.uid))
         put_payload_float(sub(iv, EI, "signalPayload"), interval.payload)
@@ -120,6 +123,7 @@ def _interval(el: Element, position: int, default: timedelta | None) -> Interval
         uid=position if uid is None else to_int(text(uid, XCAL, "text")),
         duration=duration,
         payload=payload_float(payloads[0]),
+        dtstart=get_dtstart(el),
     )
 
 

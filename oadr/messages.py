@@ -96,11 +96,19 @@ class ItemBase:
 
 @dataclass(**_frozen)
 class Interval:
-    """An event signal interval: uid, duration, exactly one payloadFloat; never a dtstart."""
+    """An event signal interval: uid, duration, exactly one payloadFloat.
+
+    2.0b intervals carry no dtstart and follow each other. `dtstart` keeps one a peer sent anyway
+    (openleadr's VTN writes one into every interval and lets them leave gaps), so its times are
+    not misread; events we create never have one (a certification rule)."""
 
     uid: int
     duration: timedelta
     payload: float
+    dtstart: datetime | None = None
+
+    def __post_init__(self) -> None:
+        _aware("interval dtstart", self.dtstart)
 
 
 @dataclass(**_frozen)

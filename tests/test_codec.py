@@ -260,9 +260,11 @@ TOLERATED: list[tuple[str, object]] = [
         event("evt-t1", created=at(31, 16), status=EventStatus.ACTIVE, test_event=True,
               period=ActivePeriod(dtstart=at(31, 17), duration=timedelta(0)),
               signals=(
-                  # a sole interval without duration lasts the active period; no uid: position
+                  # a sole interval without duration lasts the active period; no uid: position;
+                  # a dtstart (openleadr writes one) is kept, so gaps are not misread
                   EventSignal(signal_name="SIMPLE", signal_type="level", signal_id="sig-t1",
-                              intervals=(Interval(uid=0, duration=timedelta(0), payload=2.0),)),
+                              intervals=(Interval(uid=0, duration=timedelta(0), payload=2.0,
+                                                  dtstart=at(31, 17)),)),
                   EventSignal(signal_name="x-CUSTOM_SIGNAL", signal_type="level",
                               signal_id="sig-t2",
                               intervals=(Interval(uid=1, duration=H, payload=7.0),),

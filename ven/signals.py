@@ -110,6 +110,7 @@ def _intervals(ev: Event, signal: EventSignal) -> tuple[SignalInterval, ...]:
     out = []
     last = len(signal.intervals) - 1
     for i, iv in enumerate(signal.intervals):
+        start = iv.dtstart or start  # a peer's explicit interval start wins over the sum
         endless = not iv.duration or (open_ended and i == last)
         out.append(SignalInterval(start=start, end=None if endless else start + iv.duration,
                                   value=iv.payload))
