@@ -575,12 +575,13 @@ def test_answer_refused_463_is_dropped_and_the_agent_registers_again() -> None:
 
 def test_request_event_answered_with_an_empty_oadr_response_goes_on_to_poll() -> None:
     # openleadr's VTN answers oadrResponse instead of an empty oadrDistributeEvent.
-    h = Script(make_agent(spec(ven_id=VEN_ID)))
-    register(h)
-    h.poll()
+    h = ready()
+    deliver(h, "d-1", event())
+    assert set(h.agent.events) == {"e1"}
     h.agent.start(h.now)  # as after a restart: resync
     h.exchange(RequestEvent, lambda r: ok(r.request_id))
     assert not h.snapshot.registration.resync
+    assert h.agent.events == {} and "e1" not in h.snapshot.events  # no events: none held
     h.poll()
 
 

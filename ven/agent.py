@@ -246,9 +246,11 @@ class VenAgent:
             self.next_poll = now + (self.reg.poll_freq or self.spec.poll_interval)
             self._on_vtn_request(reply, now)
         elif isinstance(msg, RequestEvent):
-            if isinstance(reply, ResponseMessage) and _code(reply) == 200:  # openleadr: no events
-                self._put_registration(resync=False)
-                return
+            if isinstance(reply, ResponseMessage) and _code(reply) == 200:
+                # openleadr's way of saying "no events": as an empty distribute, every event we
+                # hold is gone
+                reply = DistributeEvent(request_id=reply.response.request_id,
+                                        vtn_id=self.reg.vtn_id or "")
             if not isinstance(reply, DistributeEvent):
                 raise BadReply(f"oadrRequestEvent answered with {type(reply).__name__}")
             self._put_registration(resync=False)
