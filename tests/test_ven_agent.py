@@ -489,6 +489,23 @@ def test_cancel_report_acknowledged_and_updates_stop() -> None:
     assert "rr-1" not in h.snapshot.requests
 
 
+def test_cancel_report_with_report_to_follow_sends_the_open_window_once() -> None:
+    h = ready()
+    h.poll(create_report("cr-1", usage_request("rr-1", M, 2 * M)))
+    h.exchange(CreatedReport, lambda c: ok(c.response.request_id))
+    h.run(h.now + 5 * M)  # windows [0, 2M) and [2M, 4M) sent; [4M, 6M) open
+    started = h.now
+    h.poll(CancelReport(request_id="cancel-1", report_request_ids=("rr-1",),
+                        report_to_follow=True, ven_id=VEN_ID))
+    h.exchange(CanceledReport, lambda c: ok(c.response.request_id))
+    last = h.exchange(UpdateReport, lambda u: UpdatedReport(
+        response=Response(request_id=u.request_id), ven_id=VEN_ID))
+    (report,) = last.reports
+    assert report.report_request_id == "rr-1"
+    assert report.intervals and all(i.dtstart >= started - M for i in report.intervals)
+    assert h.run(h.now + 10 * M) == []
+
+
 def test_unknown_report_specifier_answered_461() -> None:
     h = ready()
     h.poll(create_report("cr-1", usage_request("rr-x", M, M, specifier="NO_SUCH_REPORT"),

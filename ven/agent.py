@@ -352,9 +352,13 @@ class VenAgent:
                 response=Response(code=code, description=text, request_id=msg.request_id),
                 ven_id=ven_id, pending_reports=tuple(self.requests)))
         elif isinstance(msg, CancelReport):
+            final = self._final_reports(msg.report_request_ids, now) if msg.report_to_follow \
+                else []
             self._cancel_requests(msg.report_request_ids)
             self._answer(CanceledReport(response=Response(request_id=msg.request_id),
                                         pending_reports=tuple(self.requests), ven_id=ven_id))
+            for update in final:
+                self._answer(update)
         elif isinstance(msg, RequestReregistration):
             self._answer(ResponseMessage(response=Response(), ven_id=ven_id),
                          service="EiRegisterParty")
@@ -473,6 +477,20 @@ class VenAgent:
             self.buffers.pop(req.report_request_id, None)
             self._put_request(state)
         return code, text
+
+    def _final_reports(self, ids: Sequence[str], now: datetime) -> list[UpdateReport]:
+        """reportToFollow: one last update of what each cancelled telemetry request sampled."""
+        out = []
+        for rid in ids:
+            state = self.requests.get(rid)
+            if state is None or state.report_name == reports.HISTORY_USAGE:
+                continue
+            _, update = reports.build_update(
+                reports.cut_short(state, now), self.buffers.get(rid, []), self.spec, now, self.rng,
+                report_id=self.new_id(), request_id=self.new_id(), ven_id=self._ven_id())
+            if update is not None:
+                out.append(update)
+        return out
 
     def _cancel_requests(self, ids: Sequence[str]) -> None:
         for rid in ids:

@@ -171,6 +171,15 @@ def _window_start(state: RequestState, at: datetime) -> datetime:
     return t0 + max((at - t0) // period, 0) * period
 
 
+def cut_short(state: RequestState, now: datetime) -> RequestState:
+    """The request as if it had been asked to end at `now`: its last window, the one still open,
+    closes now (a cancellation with reportToFollow sends that window)."""
+    anchor = _anchor(state)
+    request = dataclasses.replace(state.request, dtstart=anchor,
+                                  duration=max(now - anchor, _TICK))
+    return dataclasses.replace(state, request=request)
+
+
 def history_window(state: RequestState) -> tuple[datetime, datetime]:
     """[start, end) of a HISTORY_USAGE request: its reportInterval, up to its acceptance when
     the interval has no duration."""
