@@ -6,6 +6,7 @@ come back from `codec.parse` equal.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -479,3 +480,15 @@ def test_model_feeds_conformant_reports() -> None:
                     random.Random(4))
     _, sent = drive(status, NOW + 2 * M + 30 * S, random.Random(4), source=telemetry)
     assert len(sent) == 2
+
+
+def test_sampling_steps_that_do_not_divide_a_minute_are_kept_exactly() -> None:
+    # openleadr's client rounds sampling intervals to cron fields; 7 s must stay 7 s.
+    start = NOW + 3 * S  # not on a minute boundary either
+    spec = dataclasses.replace(SPEC, report_min_period=S)
+    state = accept(request(TELEMETRY_USAGE, USAGE_RIDS, 7 * S, 21 * S), spec, start,
+                   random.Random(3))
+    state, sent = drive(state, start + 70 * S, random.Random(3))
+    assert len(sent) >= 3
+    starts = [i.dtstart for s in sent for i in s.update.reports[0].intervals]
+    assert starts == [start + k * 7 * S for k in range(len(starts))]
