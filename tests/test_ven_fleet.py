@@ -214,3 +214,31 @@ async def test_created_event_that_failed_is_sent_when_the_vtn_is_back() -> None:
             assert vtn.store.deliveries_for_event(event_id)[0].acked_mod == -1
             down["created_event"] = False
             await answered(vtn, event_id, ven_id, 0)
+
+
+async def test_vtn_asks_for_reregistration() -> None:
+    async with running_vtn(**FAST) as vtn:
+        async with running_fleet([ven_spec(vtn.oadr_url, "agg")]) as f:
+            (ven_id,) = await registered(vtn, 1)
+            registration_id = f.agent("agg").reg.registration_id
+            status, _ = await api(vtn, "POST", f"/api/vens/{ven_id}/reregister", {})
+            assert status == 202, status
+            await wait_for(lambda: f.wire.types("agg").count("oadrCreatePartyRegistration") == 2,
+                           what="re-registration")
+            await wait_for(lambda: f.agent("agg").reg.state is RegState.READY, what="ready")
+            assert f.agent("agg").reg.ven_id == ven_id
+            assert vtn.store.get_ven(ven_id).is_registered  # type: ignore[union-attr]
+            assert registration_id is not None
+
+
+async def test_vtn_that_forgot_us_gets_a_fresh_registration() -> None:
+    port = free_port()
+    async with running_fleet([ven_spec(f"http://127.0.0.1:{port}/OpenADR2/Simple/2.0b",
+                                       "agg")]) as f:
+        async with running_vtn(port=port, **FAST) as first:
+            (old,) = await registered(first, 1)
+        # back with an empty database: our registration is unknown there (463)
+        async with running_vtn(port=port, **FAST) as second:
+            (new,) = await registered(second, 1)
+            assert new != old
+            assert f.wire.types("agg").count("oadrQueryRegistration") == 2
