@@ -50,7 +50,7 @@ def test_settings_defaults() -> None:
 def test_settings_from_env_and_overrides() -> None:
     env = {
         "ADRGATE_DATA_DIR": "/srv/adr", "ADRGATE_PORT": "9000", "ADRGATE_REGISTRATION": "Approval",
-        "ADRGATE_POLL_FREQ": "2.5", "ADRGATE_TLS_CERT": "c.pem", "ADRGATE_TLS_KEY": "k.pem",
+        "ADRGATE_POLL_FREQ": "2", "ADRGATE_TLS_CERT": "c.pem", "ADRGATE_TLS_KEY": "k.pem",
         "ADRGATE_TLS_CA": "ca.pem", "ADRGATE_SIGN_CERT": "s.pem", "ADRGATE_SIGN_KEY": "sk.pem",
         "ADRGATE_REQUIRE_SIGNATURES": "yes", "ADRGATE_API_TOKEN": "sekrit", "ADRGATE_LOG_LEVEL": "debug",
         "REDIS_URL": "", "UNRELATED": "x",
@@ -59,7 +59,7 @@ def test_settings_from_env_and_overrides() -> None:
     assert s.database_url == "sqlite:////srv/adr/adrgate.db"  # follows the data dir
     assert s.port == 0  # the override wins over ADRGATE_PORT
     assert s.registration_policy is RegistrationPolicy.APPROVAL
-    assert s.poll_freq == timedelta(seconds=2.5)
+    assert s.poll_freq == timedelta(seconds=2)
     assert s.secure and s.tls_ca == Path("ca.pem") and s.require_signatures
     assert s.redis_url is None  # empty means unset
     assert s.log_level == "DEBUG"
@@ -73,7 +73,8 @@ def test_settings_from_env_and_overrides() -> None:
         ({"ADRGATE_PORT": "70000"}, "ADRGATE_PORT: must be 0..65535"),
         ({"ADRGATE_REGISTRATION": "vip"}, "ADRGATE_REGISTRATION: expected open|allowlist|approval"),
         ({"ADRGATE_POLL_FREQ": "soon"}, "ADRGATE_POLL_FREQ: not a number"),
-        ({"ADRGATE_POLL_FREQ": "0"}, "ADRGATE_POLL_FREQ: must be positive"),
+        ({"ADRGATE_POLL_FREQ": "0"}, "ADRGATE_POLL_FREQ: must be a whole number of seconds"),
+        ({"ADRGATE_POLL_FREQ": "2.5"}, "ADRGATE_POLL_FREQ: must be a whole number of seconds"),
         ({"ADRGATE_MAX_BODY": "-1"}, "ADRGATE_MAX_BODY: must be positive"),
         ({"ADRGATE_REQUIRE_SIGNATURES": "maybe"}, "ADRGATE_REQUIRE_SIGNATURES: expected true or false"),
         ({"ADRGATE_REQUIRE_SIGNATURES": "true"}, "ADRGATE_REQUIRE_SIGNATURES: needs ADRGATE_SIGN_CERT"),
@@ -82,7 +83,8 @@ def test_settings_from_env_and_overrides() -> None:
         ({"ADRGATE_TLS_CERT": "c", "ADRGATE_TLS_KEY": "k"}, "without ADRGATE_TLS_CA"),
         ({"ADRGATE_SIGN_KEY": "k.pem"}, "ADRGATE_SIGN_KEY given without ADRGATE_SIGN_CERT"),
     ],
-    ids=["port-not-int", "port-range", "policy", "poll-not-number", "poll-zero", "body-negative",
+    ids=["port-not-int", "port-range", "policy", "poll-not-number", "poll-zero", "poll-fraction",
+         "body-negative",
          "bool", "signatures-without-key", "log-level", "tls-only-cert", "tls-no-ca", "sign-only-key"],
 )
 def test_settings_validation(env: dict[str, str], message: str) -> None:
