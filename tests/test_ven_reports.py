@@ -17,15 +17,16 @@ import pytest
 from oadr import codec, conformance
 from oadr.errors import InvalidData, ReportNotSupported
 from oadr.messages import (
-    LoadControlState, Message, RegisterReport, ReportRequest, SpecifierPayload, UpdateReport,
+    LoadControlState, Message, OptReason, OptType, RegisterReport, ReportRequest,
+    SpecifierPayload, UpdateReport,
 )
-from ven.fleet import DeviceClass, ResourceSpec, VenSpec
+from ven.fleet import AvailabilitySpec, DeviceClass, ResourceSpec, VenSpec
 from ven.records import GridSignal, Purpose, RequestState, Sample, SignalInterval
 from ven.reports import (
     HISTORY_USAGE, TELEMETRY_STATUS, TELEMETRY_USAGE, Reading, TelemetrySource, accept,
     build_update, due, history_window, metadata_reports, next_wakeup, rid, take_samples,
 )
-from ven.telemetry import ModelTelemetry
+from ven.telemetry import ModelTelemetry, declared_availability
 
 NOW = datetime(2024, 6, 3, 12, 0, tzinfo=timezone.utc)
 S, M, H = timedelta(seconds=1), timedelta(minutes=1), timedelta(hours=1)
@@ -492,3 +493,16 @@ def test_sampling_steps_that_do_not_divide_a_minute_are_kept_exactly() -> None:
     assert len(sent) >= 3
     starts = [i.dtstart for s in sent for i in s.update.reports[0].intervals]
     assert starts == [start + k * 7 * S for k in range(len(starts))]
+
+
+def test_declared_availability_follows_the_fleet_file_windows() -> None:
+    outage = AvailabilitySpec(opt_id="o", opt_type=OptType.OPT_OUT,
+                              reason=OptReason.OUTAGE_RUN_STATUS, start=NOW, duration=H,
+                              resources=("battery-1",))
+    override = AvailabilitySpec(opt_id="u", opt_type=OptType.OPT_OUT,
+                                reason=OptReason.OVERRIDE_STATUS, start=NOW + 2 * H, duration=H)
+    available = declared_availability([outage, override])
+    assert available("battery-1", NOW) == (False, False)
+    assert available("ev-1", NOW) == (True, False)  # the outage names one resource only
+    assert available("battery-1", NOW + H) == (True, False)  # the window has ended
+    assert available("ev-1", NOW + 2 * H) == (True, True)  # no resources named: all of them

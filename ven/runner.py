@@ -37,7 +37,7 @@ from .fleet import FleetSpec, TlsSpec, VenSpec
 from .records import GridSignal, VenSnapshot
 from .reports import TelemetrySource
 from .store import FleetStore
-from .telemetry import ModelTelemetry
+from .telemetry import ModelTelemetry, declared_availability
 
 log = logging.getLogger("adrgate.ven")
 
@@ -142,7 +142,7 @@ class Fleet:
         self.rng = random.Random(seed)
         self.on_signals = on_signals
         self.observer = observer
-        self.telemetry = telemetry or ModelTelemetry(self._signals_for, self._availability_of)
+        self.telemetry = telemetry  # None: each VEN gets the documented model (ven/telemetry.py)
         self.agents: dict[str, VenAgent] = {}
         self.transports: dict[str, Transport] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
@@ -151,8 +151,6 @@ class Fleet:
         self._stopping = False
         self.started = asyncio.Event()  # every agent loaded and scheduled
         self._semaphore = asyncio.Semaphore(spec.concurrency)
-        self._resources = {r.resource_id: name for v in spec.vens for r in v.resources
-                           for name in (v.name,)}
 
     # --- run ----------------------------------------------------------------------------
 
@@ -184,7 +182,8 @@ class Fleet:
             snapshot = snapshots.get(ven.name)
             agent = VenAgent(ven, snapshot if snapshot is not None else VenSnapshot(),
                              rng=random.Random(self.rng.random()), new_id=_new_id,
-                             telemetry=self.telemetry, history=partial(self.store.samples, ven.name))
+                             telemetry=self.telemetry or self._model_telemetry(ven),
+                             history=partial(self.store.samples, ven.name))
             agent.start(now)
             self.agents[ven.name] = agent
             self.transports[ven.name] = Transport(
@@ -293,23 +292,14 @@ class Fleet:
         self.store.save_heartbeats({name: (a.last_poll, a.last_error)
                                     for name, a in self.agents.items()})
 
-    # --- what the default telemetry model needs to know ---------------------------------
+    def _model_telemetry(self, ven: VenSpec) -> TelemetrySource:
+        """The documented telemetry model of one VEN's resources, driven by its own signals."""
 
-    def _signals_for(self, resource_id: str, now: datetime) -> tuple[GridSignal, ...]:
-        agent = self.agents.get(self._resources.get(resource_id, ""))
-        if agent is None:
-            return ()
-        return tuple(s for s in agent.signals(now) if resource_id in s.resources)
+        def signals(resource_id: str, now: datetime) -> tuple[GridSignal, ...]:
+            return tuple(s for s in self.agents[ven.name].signals(now)
+                         if resource_id in s.resources)
 
-    def _availability_of(self, resource_id: str, now: datetime) -> tuple[bool, bool]:
-        agent = self.agents.get(self._resources.get(resource_id, ""))
-        online, override = True, False
-        for a in agent.spec.availability if agent is not None else ():
-            if a.start <= now < a.start + a.duration and (not a.resources
-                                                         or resource_id in a.resources):
-                online = online and a.reason != "outageRunStatus"
-                override = override or a.reason == "overrideStatus"
-        return online, override
+        return ModelTelemetry(signals, declared_availability(ven.availability))
 
     def signals(self, name: str) -> tuple[GridSignal, ...]:
         return self.agents[name].signals(self.clock())

@@ -12,7 +12,7 @@ Pure: no I/O and no clock (`now` and the random generator are parameters). The r
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Final
 
@@ -155,15 +155,20 @@ def in_force(signal: GridSignal, resource_id: str, now: datetime) -> bool:
 
 def winning(signals: Iterable[GridSignal], resource_id: str, signal_name: str,
             now: datetime) -> GridSignal | None:
-    """The signal named `signal_name` that governs the resource at `now`, or None.
+    """The signal named `signal_name` that governs the resource at `now`, or None (`winner`)."""
+    return winner(signals, resource_id, now, lambda s: s.signal_name == signal_name)
+
+
+def winner(signals: Iterable[GridSignal], resource_id: str, now: datetime,
+           accept: Callable[[GridSignal], bool]) -> GridSignal | None:
+    """Among the `accept`ed signals governing the resource at `now`, the one that wins.
 
     Lowest positive priority wins, 0 ("no priority") loses to any. Ties: the signal whose
     schedule starts later wins (the newer instruction), then the lower eventID and signalID, so
     the choice never depends on input order. Test events never win: they are acknowledged only.
     """
     candidates = [s for s in signals
-                  if s.signal_name == signal_name and not s.test_event
-                  and in_force(s, resource_id, now)]
+                  if not s.test_event and in_force(s, resource_id, now) and accept(s)]
     if not candidates:
         return None
 

@@ -7,8 +7,8 @@ The model, per resource (a `ResourceSpec`) at time t:
   signals: it draws its baseline and reports no load control state.
 - Signals: `signals(resource_id, t)` gives the grid signals in force for the resource. A signal
   applies at t when one of its intervals, shifted by the resource's randomised start, holds t.
-  Among the applicable signals the model acts on, the winner has the lowest non-zero priority
-  (0, no priority, ranks last); ties go to the lower eventID, then signalID.
+  Among the applicable signals the model acts on, `ven.signals.winner` picks one (lowest
+  non-zero priority; test events never).
 - Power (kW), from the winner:
   LOAD_CONTROL / x-loadControlCapacity v (a share of rated): min(baseline, v * rated);
   LOAD_DISPATCH / setpoint s (kW, or W / MW by the signal's unit): s clamped to
@@ -33,11 +33,12 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Final
 
-from oadr.messages import LoadControlState
+from oadr.messages import LoadControlState, OptReason
 
-from .fleet import ResourceSpec
+from .fleet import AvailabilitySpec, ResourceSpec
 from .records import GridSignal
 from .reports import Reading
+from .signals import value_at, winner
 
 Signals = Callable[[str, datetime], Sequence[GridSignal]]
 Availability = Callable[[str, datetime], tuple[bool, bool]]
@@ -55,15 +56,20 @@ def always_available(resource_id: str, now: datetime) -> tuple[bool, bool]:
     return True, False
 
 
-def _value_at(signal: GridSignal, resource_id: str, t: datetime) -> float | None:
-    for interval in signal.schedule(resource_id):
-        if interval.start <= t and (interval.end is None or t < interval.end):
-            return interval.value
-    return None
+def declared_availability(windows: Sequence[AvailabilitySpec]) -> Availability:
+    """Availability as the fleet file declares it: offline inside an outageRunStatus window,
+    under manual override inside an overrideStatus window (for the resources it names, or all)."""
 
+    def availability(resource_id: str, now: datetime) -> tuple[bool, bool]:
+        online, override = True, False
+        for a in windows:
+            if a.start <= now < a.start + a.duration and (not a.resources
+                                                         or resource_id in a.resources):
+                online = online and a.reason is not OptReason.OUTAGE_RUN_STATUS
+                override = override or a.reason is OptReason.OVERRIDE_STATUS
+        return online, override
 
-def _rank(signal: GridSignal) -> tuple[bool, int, str, str]:
-    return signal.priority == 0, signal.priority, signal.event_id, signal.signal_id
+    return availability
 
 
 class ModelTelemetry:
@@ -85,14 +91,15 @@ class ModelTelemetry:
             else LoadControlState(kind="oadrCapacity", current=capacity))
 
     def _winner(self, resource: ResourceSpec, t: datetime) -> tuple[GridSignal, float] | None:
-        applicable = []
-        for signal in self._signals(resource.resource_id, t):
-            if (signal.signal_name.upper(), signal.signal_type) not in _MODELLED:
-                continue
-            value = _value_at(signal, resource.resource_id, t)
-            if value is not None:
-                applicable.append((signal, value))
-        return min(applicable, key=lambda sv: _rank(sv[0]), default=None)
+        rid = resource.resource_id
+
+        def modelled(s: GridSignal) -> bool:
+            return (s.signal_name.upper(), s.signal_type) in _MODELLED \
+                and value_at(s, rid, t) is not None
+
+        signal = winner(self._signals(rid, t), rid, t, modelled)
+        value = None if signal is None else value_at(signal, rid, t)
+        return None if signal is None or value is None else (signal, value)
 
     def _power(self, resource: ResourceSpec, t: datetime) -> tuple[float, float | None]:
         """Power at `t` (kW) and the capacity share of a winning LOAD_CONTROL signal."""
