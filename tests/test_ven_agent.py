@@ -303,6 +303,28 @@ def test_without_a_preallocated_ven_id_the_vtn_assigns_one() -> None:
     assert r.ven_id == "vtn-made" and h.agent.reg.registration_id == REG_ID
 
 
+@pytest.mark.parametrize("refusal", ["created", "bare-response"])
+def test_refused_registration_backs_off_instead_of_retrying_at_once(refusal: str) -> None:
+    # An allowlist VTN refuses an unknown venName with 463, in a CreatedPartyRegistration or
+    # (as ours does) a bare oadrResponse: the VEN retries only after a backoff.
+    h = Script(make_agent(spec()))
+    h.exchange(QueryRegistration, lambda q: CreatedPartyRegistration(
+        response=Response(request_id=q.request_id), vtn_id=VTN, poll_freq=POLL))
+
+    def refuse(c: CreatePartyRegistration) -> Message:
+        if refusal == "created":
+            return CreatedPartyRegistration(response=Response(
+                code=463, description="not provisioned", request_id=c.request_id), vtn_id=VTN)
+        return ok(c.request_id, code=463)
+
+    h.exchange(CreatePartyRegistration, refuse)
+    assert h.agent.reg.state is RegState.QUERIED
+    assert "463" in (h.agent.last_error or "")
+    h.quiet()
+    h.advance(timedelta(seconds=1))
+    h.expect(CreatePartyRegistration)
+
+
 # --- 2. events ----------------------------------------------------------------------------
 
 

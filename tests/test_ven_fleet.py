@@ -14,7 +14,7 @@ from adrgate.services import free_port
 from oadr.messages import EventStatus, OptReason, OptType
 from ven.fleet import AvailabilitySpec
 from ven.records import RegState
-from vtn.handlers import ReportVia
+from vtn.handlers import RegistrationPolicy, ReportVia
 
 from tests.venkit import PROGRAM, battery, running_fleet, ven_spec
 from tests.vtnkit import Handler, Vtn, api, running_vtn, simple_event, utcnow, wait_for
@@ -242,3 +242,15 @@ async def test_vtn_that_forgot_us_gets_a_fresh_registration() -> None:
             (new,) = await registered(second, 1)
             assert new != old
             assert f.wire.types("agg").count("oadrQueryRegistration") == 2
+
+
+async def test_pre_allocated_ven_id_on_an_allowlist_vtn() -> None:
+    async with running_vtn(registration_policy=RegistrationPolicy.ALLOWLIST, **FAST) as vtn:
+        status, _ = await api(vtn, "POST", "/api/vens", {"ven_name": "agg", "ven_id": "VEN-AGG-1"})
+        assert status == 201
+        async with running_fleet([ven_spec(vtn.oadr_url, "agg", ven_id="VEN-AGG-1"),
+                                  ven_spec(vtn.oadr_url, "stranger")]) as f:
+            assert await registered(vtn, 1) == ["VEN-AGG-1"]
+            await wait_for(lambda: f.agent("stranger").failures >= 1, what="stranger refused")
+            assert f.agent("stranger").reg.state is RegState.QUERIED
+            assert "463" in (f.agent("stranger").last_error or "")

@@ -232,7 +232,10 @@ class VenAgent:
         self.failures, self.retry_at = 0, None
         msg = sent.message
         leaving = (CancelPartyRegistration, CanceledPartyRegistration)
-        if _code(reply) == 463 and not isinstance(msg, leaving):
+        # 463 to a registered VEN: the VTN forgot it. While registering it is a refusal, which
+        # the registration step backs off from.
+        if _code(reply) == 463 and self.reg.state is RegState.READY \
+                and not isinstance(msg, leaving):
             self._registration_lost(f"VTN answered 463 to {type(msg).__name__}")
             return
         if isinstance(msg, (QueryRegistration, CreatePartyRegistration, RegisterReport)):
@@ -291,9 +294,11 @@ class VenAgent:
 
     def _registration_reply(self, msg: Message, reply: Message, now: datetime) -> None:
         expected, state = REG_AFTER[type(msg)]
-        if not isinstance(reply, expected):
-            raise BadReply(f"{type(msg).__name__} answered with {type(reply).__name__}")
         code = _code(reply)
+        # An error may come as the expected payload or as a bare oadrResponse (our VTN's way).
+        if not isinstance(reply, expected) and (code in (None, 200)
+                                                or not isinstance(reply, ResponseMessage)):
+            raise BadReply(f"{type(msg).__name__} answered with {type(reply).__name__}")
         if code != 200:
             if isinstance(msg, CreatePartyRegistration) and self.reg.ven_id != self.spec.ven_id:
                 # A venID the VTN gave us earlier and has forgotten: register afresh.
