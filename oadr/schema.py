@@ -11,7 +11,8 @@ Rules of this file:
 
 from __future__ import annotations
 
-import importlib.resources
+import importlib.util
+from pathlib import Path
 from typing import Final
 
 from lxml import etree
@@ -41,9 +42,12 @@ MAX_DEPTH: Final = 64
 
 
 def _load_schema() -> etree.XMLSchema:
-    path = importlib.resources.files("openleadr") / "schema" / "oadr_20b.xsd"
-    with importlib.resources.as_file(path) as xsd_path:
-        return etree.XMLSchema(etree.parse(str(xsd_path)))
+    # Located, not imported: importing openleadr would load its whole client and server (~10 MiB).
+    spec = importlib.util.find_spec("openleadr")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("the openleadr wheel (which ships the OpenADR 2.0b XSD) is not installed")
+    xsd = Path(next(iter(spec.submodule_search_locations))) / "schema" / "oadr_20b.xsd"
+    return etree.XMLSchema(etree.parse(str(xsd)))
 
 
 XSD: Final = _load_schema()

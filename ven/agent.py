@@ -106,6 +106,7 @@ class VenAgent:
     def start(self, now: datetime) -> None:
         """After loading: a registered VEN resyncs its events (oadrRequestEvent) and carries on."""
         if self.reg.state is RegState.READY:
+            self.next_poll = now + self._poll_period() * self.rng.random()
             self._put_registration(resync=True)
             self._sync_availability(now)
             self._reassess(now)
@@ -246,7 +247,11 @@ class VenAgent:
                 self._cancelled_by_vtn()
         elif isinstance(msg, Poll):
             self.last_poll = now
-            self.next_poll = now + (self.reg.poll_freq or self.spec.poll_interval)
+            # A fixed rate from the VEN's own phase: a late poll does not shift the next one,
+            # and a fleet that registered together does not poll together.
+            period = self._poll_period()
+            due = (self.next_poll or now) + period
+            self.next_poll = due if due > now else now + period
             self._on_vtn_request(reply, now)
         elif isinstance(msg, RequestEvent):
             if isinstance(reply, ResponseMessage) and _code(reply) == 200:
@@ -323,7 +328,7 @@ class VenAgent:
                     code=code, description=text, request_id=reply.response.request_id),
                     ven_id=self._ven_id(), pending_reports=tuple(self.requests)))
             self._put_registration(state=state, resync=True)
-            self.next_poll = now
+            self.next_poll = now + self._poll_period() * self.rng.random()
             self._sync_availability(now)
             self._reassess(now)
 
@@ -588,6 +593,9 @@ class VenAgent:
         if self.reg.ven_id is None:
             raise AssertionError("no venID before registration")  # guarded by REG_NEXT
         return self.reg.ven_id
+
+    def _poll_period(self) -> timedelta:
+        return self.reg.poll_freq or self.spec.poll_interval
 
     def _out(self, msg: Message) -> Outgoing:
         return Outgoing(msg, SERVICE_OF[type(msg)])

@@ -148,6 +148,7 @@ class Fleet:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
+        self._beats: dict[str, tuple[datetime | None, str | None]] = {}  # as last written
         self._stopping = False
         self.started = asyncio.Event()  # every agent loaded and scheduled
         self._semaphore = asyncio.Semaphore(spec.concurrency)
@@ -181,7 +182,7 @@ class Fleet:
                 ctx, key = keys[ident]
             snapshot = snapshots.get(ven.name)
             agent = VenAgent(ven, snapshot if snapshot is not None else VenSnapshot(),
-                             rng=random.Random(self.rng.random()), new_id=_new_id,
+                             rng=self.rng, new_id=_new_id,
                              telemetry=self.telemetry or self._model_telemetry(ven),
                              history=partial(self.store.samples, ven.name))
             agent.start(now)
@@ -289,8 +290,11 @@ class Fleet:
             self._write_heartbeats()
 
     def _write_heartbeats(self) -> None:
-        self.store.save_heartbeats({name: (a.last_poll, a.last_error)
-                                    for name, a in self.agents.items()})
+        beats = {name: (a.last_poll, a.last_error) for name, a in self.agents.items()}
+        changed = {name: beat for name, beat in beats.items() if self._beats.get(name) != beat}
+        if changed:
+            self.store.save_heartbeats(changed)
+        self._beats = beats
 
     def _model_telemetry(self, ven: VenSpec) -> TelemetrySource:
         """The documented telemetry model of one VEN's resources, driven by its own signals."""

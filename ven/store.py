@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, Table, delete
 from sqlalchemy.dialects import postgresql, sqlite
@@ -83,9 +83,17 @@ def _upsert(s: Session, rows: Sequence[FleetTable]) -> None:
     if not rows:
         return
     table = type(rows[0]).__table__
+    names = [c.name for c in table.columns]
+    # in order: the last of a key wins
+    _upsert_values(s, table, [{n: getattr(r, n) for n in names} for r in rows])
+
+
+def _upsert_values(s: Session, table: Any, params: list[dict[str, Any]]) -> None:
+    """`_upsert` from plain column values: no ORM objects for bulk rows."""
+    if not params:
+        return
     key = [c.name for c in table.primary_key.columns]
     names = [c.name for c in table.columns]
-    params = [{n: getattr(r, n) for n in names} for r in rows]  # in order: the last of a key wins
     stmt = _INSERTS[s.get_bind().dialect.name](table)
     stmt = stmt.on_conflict_do_update(
         index_elements=key, set_={n: stmt.excluded[n] for n in names if n not in key})
@@ -211,8 +219,9 @@ class FleetStore:
         """Record many VENs' last poll and last error (None: no error since) in one
         transaction: the fleet writes these in batches, never per poll."""
         with self._tx() as s:
-            _upsert(s, [HeartbeatRow(ven_name=name, last_poll=at, last_error=error)
-                        for name, (at, error) in beats.items()])
+            _upsert_values(s, HeartbeatRow.__table__, [
+                {"ven_name": name, "last_poll": at, "last_error": error}
+                for name, (at, error) in beats.items()])
 
     def status(self) -> list[VenStatusRow]:
         """A summary of every VEN with stored state, by name; reads only, without parsing XML,
