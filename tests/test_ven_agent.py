@@ -13,6 +13,7 @@ import itertools
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -29,12 +30,14 @@ from oadr.messages import (
     RequestReregistration, Response, ResponseMessage, ResponseRequired, SpecifierPayload, Target,
     UpdatedReport, UpdateReport,
 )
-from ven.agent import BadReply, Outgoing, VenAgent
-from ven.states import backoff
+from adrgate.services import make_engine
+from ven.agent import BadReply, History, Outgoing, VenAgent
 from ven.fleet import AvailabilitySpec, ResourceSpec, VenSpec
 from ven.records import Changes, RegState, VenSnapshot
-from ven.reports import TELEMETRY_STATUS, TELEMETRY_USAGE, Reading, rid
+from ven.reports import HISTORY_USAGE, TELEMETRY_STATUS, TELEMETRY_USAGE, Reading, rid
 from ven.signals import winning
+from ven.states import backoff
+from ven.store import FleetStore
 
 from tests.venkit import PROGRAM, battery, ven_spec
 
@@ -87,12 +90,12 @@ def apply(snapshot: VenSnapshot, changes: Changes) -> VenSnapshot:
     return snapshot
 
 
-def make_agent(ven: VenSpec, snapshot: VenSnapshot | None = None, *, seed: int = 7
-               ) -> VenAgent:
+def make_agent(ven: VenSpec, snapshot: VenSnapshot | None = None, *, seed: int = 7,
+               history: History = lambda r_ids, start, end: []) -> VenAgent:
     counter = itertools.count(1)
     return VenAgent(ven, snapshot if snapshot is not None else VenSnapshot(),
                     rng=random.Random(seed), new_id=lambda: f"id-{next(counter)}",
-                    telemetry=Meter(), history=lambda r_ids, start, end: [])
+                    telemetry=Meter(), history=history)
 
 
 @dataclass
@@ -530,6 +533,34 @@ def test_cancel_report_with_report_to_follow_sends_the_open_window_once() -> Non
     assert report.report_request_id == "rr-1"
     assert report.intervals and all(i.dtstart >= started - M for i in report.intervals)
     assert h.run(h.now + 10 * M) == []
+
+
+def test_history_usage_answered_from_the_samples_in_the_store() -> None:
+    store = FleetStore(make_engine("sqlite://"))
+    h = Script(make_agent(spec(ven_id=VEN_ID), history=partial(store.samples, "agg-1")))
+
+    def flush() -> None:  # as the runner does: every change set goes to the store
+        changes = h.agent.take_changes()
+        store.save("agg-1", changes)
+        apply(h.snapshot, changes)
+
+    h.flush = flush  # type: ignore[method-assign]
+    register(h, requests=(usage_request("rr-1", M, 5 * M),))
+    h.run(h.now + 11 * M)  # telemetry sampled every minute, stored as it goes
+    since = T0
+    h.poll(create_report("cr-2", ReportRequest(
+        report_request_id="rr-h", report_specifier_id=HISTORY_USAGE, granularity=timedelta(0),
+        report_back_duration=timedelta(0), dtstart=since, duration=10 * M,
+        specifiers=(SpecifierPayload(r_id=rid("battery-1", "power")),))))
+    h.exchange(CreatedReport, lambda c: ok(c.response.request_id))
+    (history,) = [u for u in h.run(h.now + M) if u.reports[0].report_request_id == "rr-h"]
+    report = history.reports[0]
+    assert report.report_name == HISTORY_USAGE
+    stored = store.samples("agg-1", [rid("battery-1", "power")], since, since + 10 * M)
+    assert len(stored) >= 9
+    assert [i.dtstart for i in report.intervals] == [s.at for s in stored]
+    assert all(i.points[0].value == battery().baseline_kw for i in report.intervals)
+    store.close()
 
 
 def test_unknown_report_specifier_answered_461() -> None:
