@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import ssl
 import uuid
@@ -41,6 +42,7 @@ from .telemetry import ModelTelemetry, declared_availability
 
 log = logging.getLogger("adrgate.ven")
 
+WAKE_SLOT: Final = 0.1  # seconds; see Fleet._schedule
 MAX_EXCHANGES_PER_WAKE: Final = 20  # then yield to the other VENs and come back at once
 HEARTBEAT_EVERY: Final = 5.0  # seconds between batched last-poll writes
 REQUEST_TIMEOUT: Final = aiohttp.ClientTimeout(total=30)
@@ -145,7 +147,7 @@ class Fleet:
         self.telemetry = telemetry  # None: each VEN gets the documented model (ven/telemetry.py)
         self.agents: dict[str, VenAgent] = {}
         self.transports: dict[str, Transport] = {}
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._timers: dict[str, asyncio.Handle] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
         self._beats: dict[str, tuple[datetime | None, str | None]] = {}  # as last written
@@ -237,8 +239,14 @@ class Fleet:
         previous = self._timers.pop(name, None)
         if previous is not None:
             previous.cancel()
-        self._timers[name] = loop.call_later(max(0.0, (when - now).total_seconds()),
-                                             self._wake, name)
+        delay = (when - now).total_seconds()
+        if delay <= 0:
+            self._timers[name] = loop.call_soon(self._wake, name)
+            return
+        # Wake-ups share slots of WAKE_SLOT seconds: VENs due in the same slot are served in one
+        # turn of the loop (one poll of the selector for many), at most a slot late.
+        slot = math.ceil((loop.time() + delay) / WAKE_SLOT) * WAKE_SLOT
+        self._timers[name] = loop.call_at(slot, self._wake, name)
 
     async def _drive(self, name: str) -> None:
         agent, transport = self.agents[name], self.transports[name]
