@@ -49,6 +49,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+from bench.results import write_json
+
 STACKS = ("ours", "openleadr")
 TARGET_KB_PER_VEN = 50.0  # from the issue
 TARGET_CPU_RATIO = 0.5  # ours/openleadr CPU per poll, from the issue
@@ -490,9 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = run(opts)
     print(report(results))
     if opts.json_out is not None:
-        opts.json_out.write_text(json.dumps({"options": str(opts), "ratios": ratios(results),
-                                             "runs": [dataclasses.asdict(r) for r in results]},
-                                            indent=2))
+        write_json(opts.json_out, opts, ratios(results), results)
     return 0
 
 

@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import dataclasses
 import itertools
-import json
 import os
 import ssl
 import statistics
@@ -42,6 +41,7 @@ from .common import (
     percentile, poll_body, post_xml, response_ok, tls_contexts,
 )
 from .pki import Algorithm, FleetPki, make_fleet_pki
+from .results import write_json
 from .servers import Server, VenEntry, start_adrgate, start_openleadr
 
 SERVERS = ("adrgate", "openleadr")
@@ -297,9 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = asyncio.run(run(opts))
     print(report(results))
     if opts.json_out is not None:
-        opts.json_out.write_text(json.dumps({"options": str(opts), "ratios": ratios(results),
-                                         "runs": [dataclasses.asdict(r) for r in results]},
-                                        indent=2))
+        write_json(opts.json_out, opts, ratios(results), results)
     return 0
 
 

@@ -5,7 +5,7 @@ No timing is asserted: rates and latencies depend on the machine. Servers run on
 
 from __future__ import annotations
 
-from bench import event_latency, poll_rate
+from bench import event_latency, fleet_footprint, poll_rate
 
 
 async def test_poll_rate_quick_measures_every_server_and_mode() -> None:
@@ -31,3 +31,16 @@ async def test_event_latency_quick_every_ven_acknowledges() -> None:
     assert result.all_s is not None and result.all_s >= result.p95_s >= result.p50_s > 0
     assert result.poll_errors == 0
     assert result.polls >= 30
+
+
+def test_fleet_footprint_quick_measures_both_stacks() -> None:
+    results = fleet_footprint.run(fleet_footprint.parse_args(["--quick"]))
+
+    assert [r.stack for r in results] == ["ours", "openleadr"]
+    for r in results:
+        assert r.registered == r.vens == 5, r
+        assert r.polls > 0 and r.messages >= r.polls, r
+        assert r.cpu_s > 0 and r.cpu_per_1000_polls > 0 and r.window_s > 0, r
+        assert 0 < r.rss_base_kb <= r.peak_kb and 0 < r.rss_kb <= r.peak_kb, r
+    assert "cpu" in fleet_footprint.ratios(results)
+    assert "| 0 | openleadr | 5/5 |" in fleet_footprint.report(results)

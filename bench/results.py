@@ -1,0 +1,16 @@
+"""Writing a benchmark's results; imports nothing heavy, so a measured child process stays lean."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+
+def write_json(path: Path, options: object, ratios: Mapping[str, Any],
+               runs: Sequence[Any]) -> None:
+    """The options, the ratios between stacks and every run (dataclasses) as one JSON file."""
+    path.write_text(json.dumps({"options": str(options), "ratios": ratios,
+                                "runs": [dataclasses.asdict(r) for r in runs]}, indent=2))
