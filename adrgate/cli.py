@@ -144,18 +144,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     ven = sub.add_parser(
         "ven", help="run an aggregator VEN fleet (--fleet FILE); list, approve, provision VENs",
-        description="With --fleet FILE and no ACTION: run every VEN of the fleet file (see "
-                    "docs/fleet.example.toml) until interrupted. `status` and `signals` read the "
+        description="With --fleet FILE and no ACTION: run every VEN of the fleet file until "
+                    "interrupted (docs/fleet.example.toml explains every key; "
+                    "docs/fleet.local.toml suits `make run`). `status` and `signals` read the "
                     "fleet's database; list, approve and provision talk to a VTN's API.",
         epilog=_settings_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    ven.add_argument("--fleet", type=Path, help="fleet file (TOML) to run")
+    ven.add_argument("--fleet", type=Path, metavar="FILE", help="fleet file (TOML) to run")
     ven.add_argument("--data-dir", type=Path, help="data directory (ADRGATE_DATA_DIR)")
     vs = ven.add_subparsers(dest="action", required=False, metavar="ACTION")
     for name, text in (("status", "each fleet VEN's registration, last poll, events, opts and "
                                   "report requests"),
                        ("signals", "the grid signals each fleet VEN holds for the bridge")):
         p = vs.add_parser(name, help=text)
-        p.add_argument("--fleet", type=Path, default=argparse.SUPPRESS, help="fleet file (TOML)")
+        p.add_argument("--fleet", type=Path, default=argparse.SUPPRESS, metavar="FILE",
+                       help="fleet file (TOML)")
         p.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS,
                        help="data directory (ADRGATE_DATA_DIR)")
     client(vs.add_parser("list", help="list VENs"))
