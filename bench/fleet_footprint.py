@@ -49,7 +49,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from bench.results import write_json
+from bench.results import publish
 
 STACKS = ("ours", "openleadr")
 TARGET_KB_PER_VEN = 50.0  # from the issue
@@ -490,9 +490,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(asyncio.run(child(a.child, a.vtn_url, opts, opts.workdir))), flush=True)
         return 0
     results = run(opts)
-    print(report(results))
-    if opts.json_out is not None:
-        write_json(opts.json_out, opts, ratios(results), results)
+    publish(report(results), opts.json_out, opts, ratios(results), results)
     return 0
 
 

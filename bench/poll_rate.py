@@ -41,7 +41,7 @@ from .common import (
     percentile, poll_body, post_xml, response_ok, tls_contexts,
 )
 from .pki import Algorithm, FleetPki, make_fleet_pki
-from .results import write_json
+from .results import publish
 from .servers import Server, VenEntry, start_adrgate, start_openleadr
 
 SERVERS = ("adrgate", "openleadr")
@@ -295,9 +295,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
 def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(argv)
     results = asyncio.run(run(opts))
-    print(report(results))
-    if opts.json_out is not None:
-        write_json(opts.json_out, opts, ratios(results), results)
+    publish(report(results), opts.json_out, opts, ratios(results), results)
     return 0
 
 

@@ -9,8 +9,11 @@ from pathlib import Path
 from typing import Any
 
 
-def write_json(path: Path, options: object, ratios: Mapping[str, Any],
-               runs: Sequence[Any]) -> None:
-    """The options, the ratios between stacks and every run (dataclasses) as one JSON file."""
-    path.write_text(json.dumps({"options": str(options), "ratios": ratios,
-                                "runs": [dataclasses.asdict(r) for r in runs]}, indent=2))
+def publish(table: str, path: Path | None, options: object, ratios: Mapping[str, Any],
+            runs: Sequence[Any]) -> None:
+    """Print the Markdown `table`; with a `path`, also write the options, the ratios between
+    stacks and every run (dataclasses) there as one JSON file."""
+    print(table)
+    if path is not None:
+        path.write_text(json.dumps({"options": str(options), "ratios": ratios,
+                                    "runs": [dataclasses.asdict(r) for r in runs]}, indent=2))
