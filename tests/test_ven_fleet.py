@@ -8,12 +8,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
+from sqlalchemy.exc import OperationalError
 
 from adrgate.services import free_port
 from oadr.messages import EventStatus, OptReason, OptType
 from ven.fleet import AvailabilitySpec
-from ven.records import RegState
+from ven.records import Changes, RegState
 from vtn.handlers import RegistrationPolicy, ReportVia
 
 from tests.venkit import PROGRAM, battery, running_fleet, ven_spec
@@ -254,3 +256,29 @@ async def test_pre_allocated_ven_id_on_an_allowlist_vtn() -> None:
             await wait_for(lambda: f.agent("stranger").failures >= 1, what="stranger refused")
             assert f.agent("stranger").reg.state is RegState.QUERIED
             assert "463" in (f.agent("stranger").last_error or "")
+
+
+async def test_state_whose_write_failed_is_written_with_the_next_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    async with running_vtn(**FAST) as vtn:
+        async with running_fleet([ven_spec(vtn.oadr_url, "agg")]) as f:
+            (ven_id,) = await registered(vtn, 1)
+            real_save = f.store.save
+            failed: list[Changes] = []
+
+            def flaky_save(name: str, changes: Changes) -> None:
+                if len(failed) < 3:  # the database is unavailable for a while
+                    failed.append(changes)
+                    raise OperationalError("INSERT", {}, Exception("database is locked"))
+                real_save(name, changes)
+
+            monkeypatch.setattr(f.store, "save", flaky_save)
+            event_id = await create(vtn, simple_event(targets={"ven_ids": [ven_id]},
+                                                      start_in=timedelta(minutes=30)))
+            await answered(vtn, event_id, ven_id, 0)
+            await wait_for(lambda: len(failed) == 3, what="three failed writes")
+            assert any(event_id in c.events for c in failed), "the answer was in a failed write"
+            await wait_for(lambda: event_id in f.store.load("agg").events,
+                           what="the event written once writes work again")
+            await wait_for(lambda: f.store.load("agg").events[event_id].answered_mod == 0,
+                           what="its acknowledged answer written too")

@@ -292,6 +292,11 @@ class VenAgent:
         changes, self.pending = self.pending, Changes()
         return changes
 
+    def keep_changes(self, changes: Changes) -> None:
+        """Changes whose write failed come back, under any made since, for the next write."""
+        changes.update(self.pending)
+        self.pending = changes
+
     def signals(self, now: datetime) -> tuple[GridSignal, ...]:
         return signals_of(self.events.values(), self.spec, now)
 

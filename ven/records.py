@@ -152,6 +152,21 @@ class Changes:
                 and not self.opts and not self.requests and not self.dropped_requests
                 and not self.samples)
 
+    def update(self, newer: Changes) -> None:
+        """Lay `newer` changes over these (a failed write's changes, kept for the next one)."""
+        if newer.registration is not None:
+            self.registration = newer.registration
+        for ve in newer.events.values():
+            self.put_event(ve)
+        for event_id in newer.dropped_events:
+            self.drop_event(event_id)
+        self.opts.update(newer.opts)
+        for state in newer.requests.values():
+            self.put_request(state)
+        for rid in newer.dropped_requests:
+            self.drop_request(rid)
+        self.samples += newer.samples
+
     def put_event(self, ve: VenEvent) -> None:
         self.events[ve.event.event_id] = ve
         self.dropped_events.discard(ve.event.event_id)

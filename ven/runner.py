@@ -265,7 +265,11 @@ class Fleet:
             log.exception("failed; retrying later", extra={"ven": name})
             agent.on_internal_error(repr(exc), self.clock())
         finally:
-            self._flush(name, agent)
+            try:
+                self._flush(name, agent)
+            except Exception:  # kept by the agent: the next flush writes it
+                log.exception("could not save state; keeping it for the next write",
+                              extra={"ven": name})
             del self._running[name]
             self._schedule(name)
 
@@ -286,7 +290,11 @@ class Fleet:
     def _flush(self, name: str, agent: VenAgent) -> None:
         changes = agent.take_changes()
         if not changes.empty():
-            self.store.save(name, changes)
+            try:
+                self.store.save(name, changes)
+            except Exception:
+                agent.keep_changes(changes)  # nothing is lost: written with the next flush
+                raise
         if agent.signals_changed:
             agent.signals_changed = False
             if self.on_signals is not None:
