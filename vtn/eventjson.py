@@ -48,7 +48,10 @@ def _duration(v: Any) -> timedelta:
     if isinstance(v, (int, float)):
         if v < 0:
             raise ValueError("must not be negative")
-        return timedelta(seconds=v)
+        try:
+            return timedelta(seconds=v)
+        except OverflowError:
+            raise ValueError(f"{v} seconds is too long") from None
     td = parse_duration(str(v))
     if td < timedelta(0):
         raise ValueError("must not be negative")
