@@ -182,14 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _settings(args: argparse.Namespace) -> Settings:
     overrides = {k: v for k in ("host", "port", "data_dir")
                  if (v := getattr(args, k, None)) is not None}
-    settings = Settings.from_env(os.environ, **overrides)
-    configure_logging(settings.log_level, settings.log_format)
-    return settings
+    return Settings.from_env(os.environ, **overrides)
 
 
 def _run_local_command(args: argparse.Namespace) -> Any:
     """`vtn` and the fleet commands: processes and databases of this machine, no API."""
     settings = _settings(args)
+    serving = args.command == "vtn" or args.action is None
+    if serving:  # long-running services log; one-shot readers print their answer only
+        configure_logging(settings.log_level, settings.log_format)
     if args.command == "vtn":
         from .vtnserver import serve
 

@@ -332,6 +332,21 @@ def test_refused_registration_backs_off_instead_of_retrying_at_once(refusal: str
     h.expect(CreatePartyRegistration)
 
 
+def test_register_report_refused_463_registers_again_after_a_backoff() -> None:
+    # The VTN restarted without the registration it gave a moment ago.
+    h = Script(make_agent(spec()))
+    h.exchange(QueryRegistration, lambda q: CreatedPartyRegistration(
+        response=Response(request_id=q.request_id), vtn_id=VTN, poll_freq=POLL))
+    h.exchange(CreatePartyRegistration, lambda c: CreatedPartyRegistration(
+        response=Response(request_id=c.request_id), vtn_id=VTN, registration_id=REG_ID,
+        ven_id=VEN_ID, poll_freq=POLL))
+    h.exchange(RegisterReport, lambda r: ok(r.request_id, code=463))
+    assert h.agent.reg.state is RegState.UNREGISTERED
+    h.quiet()
+    h.advance(timedelta(seconds=1))
+    h.expect(QueryRegistration)
+
+
 # --- 2. events ----------------------------------------------------------------------------
 
 

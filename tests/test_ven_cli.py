@@ -103,9 +103,12 @@ def test_fleet_file_errors_name_the_key(tmp_path: Path,
 
 
 def test_text_logs_carry_the_ven(capsys: pytest.CaptureFixture[str]) -> None:
+    root = logging.getLogger()
+    before = root.handlers[:], root.level
     configure_logging("INFO", "text")
     try:
         logging.LoggerAdapter(logging.getLogger("adrgate.ven"), {"ven": "agg-7"}).info("polled")
         assert "adrgate.ven [ven=agg-7]: polled" in capsys.readouterr().err
-    finally:
-        logging.basicConfig(force=True)
+    finally:  # the handler writes to this test's captured stderr: put pytest's back
+        root.handlers[:], level = before
+        root.setLevel(level)

@@ -310,6 +310,12 @@ class VenAgent:
                                                 or not isinstance(reply, ResponseMessage)):
             raise BadReply(f"{type(msg).__name__} answered with {type(reply).__name__}")
         if code != 200:
+            if code == 463 and isinstance(msg, RegisterReport):
+                # The VTN lost the registration it just gave (restarted without it): start over,
+                # after a backoff in case it keeps doing so.
+                self._registration_lost("VTN answered 463 to RegisterReport")
+                self._back_off(now)
+                return
             if isinstance(msg, CreatePartyRegistration) and self.reg.ven_id != self.spec.ven_id:
                 # A venID the VTN gave us earlier and has forgotten: register afresh.
                 self._put_registration(ven_id=None, registration_id=None)
