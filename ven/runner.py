@@ -288,8 +288,8 @@ class Fleet:
             agent.on_refused(out, str(exc), self.clock())
 
     def _flush(self, name: str, agent: VenAgent) -> None:
-        changes = agent.take_changes()
-        if not changes.empty():
+        if not agent.pending.empty():  # an idle poll changes nothing: no new change set
+            changes = agent.take_changes()
             try:
                 self.store.save(name, changes)
             except Exception:
