@@ -40,6 +40,7 @@ class Device:
     device_class: DeviceClass
     channel: Channel
     network_area: str
+    address: str = ""  # where the channel reaches it (SAPC EUI-64, charge point id, ...); "": device_id
     rated_import_kw: float
     rated_export_kw: float = 0.0  # 0: cannot export
     capacity_kwh: float = 0.0  # storage (battery, EV) or thermal equivalent
@@ -48,6 +49,11 @@ class Device:
     comfort_max_c: float | None = None
     departure: datetime | None = None  # EV: when it must have `departure_energy_kwh`
     departure_energy_kwh: float | None = None
+
+    @property
+    def reach(self) -> str:
+        """The address its channel uses for it."""
+        return self.address or self.device_id
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

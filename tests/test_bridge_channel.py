@@ -1,0 +1,55 @@
+"""The channel contract: dispatches survive a round trip through JSON, and the device side's
+command book says which command is in force."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from pydantic import ValidationError
+
+from bridge.channel import (
+    Command, CommandBook, Dispatch, Setpoint, decode_dispatch, encode_dispatch)
+from bridge.models import Mode
+from tests.test_bridge_models import BATTERY, HEATER, T0, plan, step
+
+H = timedelta(hours=1)
+
+
+def command(source: str, start: int, end: int | None, level: int, *, received: int = 0,
+            primacy: int = 100) -> Command:
+    return Command(device_id="hw-1", setpoint=Setpoint(mode=Mode.LIMIT, level=level),
+                   start=T0 + start * H, end=None if end is None else T0 + end * H,
+                   source=source, received_at=T0 + received * timedelta(seconds=1),
+                   primacy=primacy)
+
+
+def test_dispatch_round_trips_through_json_and_keys_by_plan_sequence_and_step() -> None:
+    whole = Dispatch(plan=plan(step(Mode.CHARGE, 0, 1, power_kw=2.0), step(Mode.HOLD, 1, 2),
+                               random_delay=timedelta(seconds=90), sequence=7),
+                     device=BATTERY)
+    one_step = Dispatch(plan=whole.plan, device=BATTERY, step=1)
+    assert decode_dispatch(encode_dispatch(whole)) == whole
+    assert decode_dispatch(encode_dispatch(one_step).decode()) == one_step
+    assert (whole.key, one_step.key) == ("p1#7#plan", "p1#7#step1")
+
+
+@pytest.mark.parametrize("data", [b"", b"{}", b"[1]", b'{"plan": 3, "device": {}}'])
+def test_anything_else_is_refused(data: bytes) -> None:
+    with pytest.raises(ValidationError):
+        decode_dispatch(data)
+
+
+def test_newest_command_wins_where_plans_overlap_and_lower_primacy_beats_all() -> None:
+    book = CommandBook()
+    book.record(command("plan-1", 0, 4, 60, received=1))
+    book.record(command("plan-2", 2, None, 30, received=2))
+    assert book.setpoint("hw-1", T0 + H) == Setpoint(mode=Mode.LIMIT, level=60)
+    assert book.setpoint("hw-1", T0 + 3 * H) == Setpoint(mode=Mode.LIMIT, level=30)
+    book.record(command("override", 0, 5, 0, received=0, primacy=0))
+    assert book.active("hw-1", T0 + 3 * H).source == "override"  # type: ignore[union-attr]
+    book.withdraw("hw-1", "override")
+    assert book.active("hw-1", T0 + 3 * H).source == "plan-2"  # type: ignore[union-attr]
+    assert book.setpoint("hw-1", T0 - H) is None
+    assert book.setpoint(HEATER.device_id, T0 + 4 * H) == Setpoint(mode=Mode.LIMIT, level=30)
+    assert [c.source for c in book.commands("hw-1")] == ["plan-1", "plan-2"]
