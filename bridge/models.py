@@ -15,14 +15,9 @@ from typing import Final
 from ven.fleet import DeviceClass
 from ven.records import Purpose
 
+from .kinds import Channel as Channel
+
 MAX_VALIDITY: Final = timedelta(hours=48)
-
-
-class Channel(StrEnum):
-    SAPC = "sapc"  # a proportional load controller through the smart-metering network: caps only
-    OCPP = "ocpp"  # EV charge points
-    BATTERY_HUB = "battery_hub"  # an aggregator's own control hub, JSON over HTTP
-    IEEE_2030_5 = "ieee_2030_5"  # inverters (DERControl)
 
 
 class Mode(StrEnum):
@@ -41,6 +36,7 @@ class Device:
     channel: Channel
     network_area: str
     address: str = ""  # where the channel reaches it (SAPC EUI-64, charge point id, ...); "": device_id
+    takes_plans: bool = True  # False: it takes no time-limited plan, one command per mode change
     rated_import_kw: float
     rated_export_kw: float = 0.0  # 0: cannot export
     capacity_kwh: float = 0.0  # storage (battery, EV) or thermal equivalent

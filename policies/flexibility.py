@@ -49,14 +49,14 @@ def unavailable(availability: Sequence[AvailabilitySpec], resources: Sequence[st
     return frozenset(out)
 
 
-def _kw(signal: GridSignal, value: float) -> float:
+def signal_kw(signal: GridSignal, value: float) -> float:
     return value * _KW_PER_UNIT.get(signal.unit, 1.0)
 
 
 # (signalName, signalType) -> kW asked for one interval value, given the resources' totals.
 _RULES: Final[Mapping[tuple[str, str], Callable[[GridSignal, float, _Totals], float]]] = {
-    ("LOAD_DISPATCH", "setpoint"): lambda s, v, t: abs(t.baseline - _kw(s, v)),
-    ("LOAD_DISPATCH", "delta"): lambda s, v, t: abs(_kw(s, v)),
+    ("LOAD_DISPATCH", "setpoint"): lambda s, v, t: abs(t.baseline - signal_kw(s, v)),
+    ("LOAD_DISPATCH", "delta"): lambda s, v, t: abs(signal_kw(s, v)),
     ("LOAD_CONTROL", "x-loadControlCapacity"): lambda s, v, t: max(0.0, t.baseline - v * t.rated),
     ("LOAD_CONTROL", "x-loadControlPercentOffset"): lambda s, v, t: abs(v) / 100 * t.baseline,
     # Thermostats: an offset of 3 degrees or more uses the whole flexible band. A setpoint is an

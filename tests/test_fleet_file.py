@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from oadr.messages import OptReason, OptType
+from bridge.kinds import Channel
 from ven.fleet import (
     AvailabilitySpec,
     DeviceClass,
@@ -73,7 +74,9 @@ def test_example_loads_into_the_documented_specs() -> None:
                     ca=str(docs / "certs/dso-ca.pem")),
         resources=(
             ResourceSpec(resource_id="home-batteries", device_class=DeviceClass.BATTERY,
-                         devices=250, rated_kw=1250.0, baseline_kw=0.0, flexible_kw=1250.0),
+                         devices=250, rated_kw=1250.0, baseline_kw=0.0, flexible_kw=1250.0,
+                         channel=Channel.BATTERY_HUB, network_area="north", export_kw=1250.0,
+                         capacity_kwh=2500.0, time_limited_plans=True),
             ResourceSpec(resource_id="pv-diverters", device_class=DeviceClass.HOT_WATER,
                          devices=180, rated_kw=540.0, baseline_kw=60.0, flexible_kw=480.0),
         ),
@@ -339,6 +342,16 @@ def errors() -> list[Any]:
           "integer >= 1", id="float-devices"),
         p({"ven": [ven(resources=[res(**{"class": "pv"})])]}, "ven[0].resources[0].class",
           "must be one of 'battery'", id="unknown-class"),
+        p({"ven": [ven(resources=[res(channel="zigbee")])]}, "ven[0].resources[0].channel",
+          "must be one of 'sapc', 'ocpp'", id="unknown-channel"),
+        p({"ven": [ven(resources=[res(export_kw=-5)])]}, "ven[0].resources[0].export_kw",
+          "must be a number >= 0", id="negative-export"),
+        p({"ven": [ven(resources=[res(capacity_kwh="big")])]},
+          "ven[0].resources[0].capacity_kwh", "must be a number >= 0", id="capacity-prose"),
+        p({"ven": [ven(resources=[res(time_limited_plans="no")])]},
+          "ven[0].resources[0].time_limited_plans", "true or false", id="plans-not-bool"),
+        p({"ven": [ven(resources=[res(network_area=3)])]}, "ven[0].resources[0].network_area",
+          "string", id="area-number"),
         p({"ven": [ven(report_jitter=1.5)]}, "ven[0].report_jitter", "from 0 to 1",
           id="jitter-above-1"),
         p({"ven": [ven(report_jitter=-0.1)]}, "ven[0].report_jitter", "from 0 to 1",

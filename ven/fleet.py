@@ -24,6 +24,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
+from bridge.kinds import Channel
 from oadr.errors import InvalidData
 from oadr.isotime import parse_duration
 from oadr.messages import OptReason, OptType
@@ -50,6 +51,12 @@ class ResourceSpec:
     rated_kw: float  # the group's maximum import
     baseline_kw: float  # its typical import when nobody asks for anything
     flexible_kw: float  # how far it can move from baseline on request (>= 0)
+    # How the bridge reaches the devices (bridge/inventory.py fills what is left out by class).
+    channel: Channel | None = None
+    network_area: str = "default"  # the DSO's network area (constraint zone) the devices sit in
+    export_kw: float = 0.0  # the group's maximum export (batteries, V2G)
+    capacity_kwh: float | None = None  # the group's storage (kWh); None: a typical value by class
+    time_limited_plans: bool = True  # False: the devices take one command per mode change
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -156,7 +163,9 @@ _DEFAULT_KEYS = frozenset({
 })
 _VEN_KEYS = _DEFAULT_KEYS | {"name", "ven_id", "count"}
 _TLS_KEYS = frozenset({"cert", "key", "ca"})
-_RESOURCE_KEYS = frozenset({"id", "class", "devices", "rated_kw", "baseline_kw", "flexible_kw"})
+_RESOURCE_KEYS = frozenset({"id", "class", "devices", "rated_kw", "baseline_kw", "flexible_kw",
+                            "channel", "network_area", "export_kw", "capacity_kwh",
+                            "time_limited_plans"})
 _OPT_KEYS = frozenset({"id", "type", "reason", "start", "duration", "resources", "market_context"})
 
 # Each value with its key path: a [[ven]] table's own key, or the [defaults] one it inherits.
@@ -253,6 +262,16 @@ def _resources(value: object, path: str, n: int) -> tuple[ResourceSpec, ...]:
         if "devices" in table:
             kw["devices"] = _int(table["devices"], f"{where}.devices")
         flexible = _number(_need(table, "flexible_kw", where), f"{where}.flexible_kw")
+        if "channel" in table:
+            kw["channel"] = _choice(table["channel"], Channel, f"{where}.channel")
+        if "network_area" in table:
+            kw["network_area"] = _template(table["network_area"], f"{where}.network_area", n)
+        for key in ("export_kw", "capacity_kwh"):
+            if key in table:
+                kw[key] = _number(table[key], f"{where}.{key}")
+        if "time_limited_plans" in table:
+            kw["time_limited_plans"] = _bool(table["time_limited_plans"],
+                                             f"{where}.time_limited_plans")
         specs.append(ResourceSpec(resource_id=resource_id, rated_kw=rated, baseline_kw=baseline,
                                   flexible_kw=flexible, **kw))
     return tuple(specs)

@@ -85,10 +85,10 @@ def _upsert(s: Session, rows: Sequence[FleetTable]) -> None:
     table = type(rows[0]).__table__
     names = [c.name for c in table.columns]
     # in order: the last of a key wins
-    _upsert_values(s, table, [{n: getattr(r, n) for n in names} for r in rows])
+    upsert_values(s, table, [{n: getattr(r, n) for n in names} for r in rows])
 
 
-def _upsert_values(s: Session, table: Any, params: list[dict[str, Any]]) -> None:
+def upsert_values(s: Session, table: Any, params: list[dict[str, Any]]) -> None:
     """`_upsert` from plain column values: no ORM objects for bulk rows."""
     if not params:
         return
@@ -219,7 +219,7 @@ class FleetStore:
         """Record many VENs' last poll and last error (None: no error since) in one
         transaction: the fleet writes these in batches, never per poll."""
         with self._tx() as s:
-            _upsert_values(s, HeartbeatRow.__table__, [
+            upsert_values(s, HeartbeatRow.__table__, [
                 {"ven_name": name, "last_poll": at, "last_error": error}
                 for name, (at, error) in beats.items()])
 

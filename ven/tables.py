@@ -48,7 +48,7 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _ts(*, nullable: bool = True, primary_key: bool = False, index: bool = False) -> Any:
+def ts_field(*, nullable: bool = True, primary_key: bool = False, index: bool = False) -> Any:
     return Field(default=None, sa_column=Column(UtcDateTime(), primary_key=primary_key,
                                                 index=index, nullable=nullable))
 
@@ -77,7 +77,7 @@ class EventRow(FleetTable, table=True):
     event_id: str = Field(primary_key=True)
     modification_number: int
     xml: str = Field(sa_column=Column(Text, nullable=False))
-    received: datetime = _ts(nullable=False)
+    received: datetime = ts_field(nullable=False)
     request_id: str
     opt: str
     opt_reason: str
@@ -105,9 +105,9 @@ class RequestRow(FleetTable, table=True):
     xml: str = Field(sa_column=Column(Text, nullable=False))
     report_name: str
     granularity_s: float
-    created: datetime = _ts(nullable=False)
-    next_sample: datetime | None = _ts()
-    next_report: datetime | None = _ts()
+    created: datetime = ts_field(nullable=False)
+    next_sample: datetime | None = ts_field()
+    next_report: datetime | None = ts_field()
     one_shot: bool
     sent: int
 
@@ -117,7 +117,7 @@ class SampleRow(FleetTable, table=True):
     __tablename__ = "ven_sample"
     ven_name: str = Field(primary_key=True)
     r_id: str = Field(primary_key=True)
-    at: datetime = _ts(nullable=False, primary_key=True, index=True)
+    at: datetime = ts_field(nullable=False, primary_key=True, index=True)
     value: float | None = None
     online: bool | None = None
     manual_override: bool | None = None
@@ -126,7 +126,7 @@ class SampleRow(FleetTable, table=True):
 class HeartbeatRow(FleetTable, table=True):
     __tablename__ = "ven_heartbeat"
     ven_name: str = Field(primary_key=True)
-    last_poll: datetime | None = _ts()
+    last_poll: datetime | None = ts_field()
     last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
 

@@ -1,0 +1,160 @@
+"""The bridge's durable state: every plan it made (dispatched or refused, with the reasons) and
+every channel outcome. On SQLite or PostgreSQL, beside the VEN fleet's tables (same metadata,
+``bridge_`` prefix), so one database holds the aggregator side.
+
+After a restart the bridge rebuilds its step schedules and sequence numbers from here, and
+`adrgate trace` reads the path of an event from here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Final
+
+from pydantic import TypeAdapter
+from sqlalchemy import JSON, Column, Engine, Text, func
+from sqlmodel import Field, Session, col, select
+
+from ven.store import upsert_values
+from ven.tables import FLEET_METADATA, FleetTable, ts_field
+
+from .channel import Dispatch, decode_dispatch, encode_dispatch
+from .models import Device, Plan
+
+
+class PlanStatus(StrEnum):
+    DISPATCHED = "dispatched"  # handed to its channel
+    REFUSED = "refused"  # the device cannot execute it: never sent (reasons say why)
+    SUPERSEDED = "superseded"  # a newer plan for the device replaced it
+
+
+class Outcome(StrEnum):
+    DELIVERED = "delivered"  # the device acknowledged
+    UNAVAILABLE = "unavailable"  # no answer in time: the device's share goes elsewhere
+    DEAD = "dead"  # refused by the device, or failed every retry
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanRecord:
+    plan: Plan
+    device: Device
+    status: PlanStatus
+    created: datetime
+    reasons: tuple[str, ...] = ()
+    requested_kw: float | None = None  # the change in import the plan asks of the device
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutcomeRecord:
+    key: str  # the dispatch key (plan, sequence, step)
+    plan_id: str
+    device_id: str
+    channel: str
+    outcome: Outcome
+    attempts: int
+    at: datetime  # when the outcome was known
+    sent_at: datetime | None = None
+    acked_at: datetime | None = None
+    messages: int = 0
+    detail: str = ""  # what the device read back, or why it failed
+
+
+class PlanRow(FleetTable, table=True):
+    __tablename__ = "bridge_plan"
+    plan_id: str = Field(primary_key=True)
+    device_id: str = Field(index=True)
+    event_id: str | None = Field(default=None, index=True)
+    sequence: int
+    status: str
+    created: datetime = ts_field(nullable=False)
+    end: datetime = ts_field(nullable=False)
+    reasons: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    requested_kw: float | None = None
+    dispatch: str = Field(sa_column=Column(Text, nullable=False))  # plan and device, as JSON
+
+
+class OutcomeRow(FleetTable, table=True):
+    __tablename__ = "bridge_outcome"
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(index=True)
+    plan_id: str = Field(index=True)
+    device_id: str
+    channel: str
+    outcome: str
+    attempts: int
+    at: datetime = ts_field(nullable=False)
+    sent_at: datetime | None = ts_field()
+    acked_at: datetime | None = ts_field()
+    messages: int
+    detail: str = Field(sa_column=Column(Text, nullable=False))
+
+
+_OUTCOME: Final = TypeAdapter(OutcomeRecord)
+
+
+class BridgeStore:
+    """Plans and outcomes. Each method is one short transaction."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        FLEET_METADATA.create_all(engine, checkfirst=True)
+
+    @contextmanager
+    def _tx(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    def save_plans(self, records: Sequence[PlanRecord]) -> None:
+        """Insert or replace (by plan id) in one statement per batch."""
+        rows = [{
+            "plan_id": r.plan.plan_id, "device_id": r.plan.device_id,
+            "event_id": r.plan.event_id, "sequence": r.plan.sequence, "status": r.status.value,
+            "created": r.created, "end": r.plan.end, "reasons": list(r.reasons),
+            "requested_kw": r.requested_kw,
+            "dispatch": encode_dispatch(Dispatch(plan=r.plan, device=r.device)).decode(),
+        } for r in records]
+        with self._tx() as s:
+            upsert_values(s, PlanRow.__table__, rows)
+
+    def plans(self, *, event_id: str | None = None, device_id: str | None = None,
+              status: PlanStatus | None = None, ending_after: datetime | None = None
+              ) -> list[PlanRecord]:
+        q = select(PlanRow).order_by(col(PlanRow.device_id), col(PlanRow.sequence))
+        if event_id is not None:
+            q = q.where(PlanRow.event_id == event_id)
+        if device_id is not None:
+            q = q.where(PlanRow.device_id == device_id)
+        if status is not None:
+            q = q.where(PlanRow.status == status.value)
+        if ending_after is not None:
+            q = q.where(col(PlanRow.end) > ending_after)
+        with self._tx() as s:
+            return [_plan_record(row) for row in s.exec(q)]
+
+    def last_sequences(self) -> dict[str, int]:
+        """The highest plan sequence number per device: the next plan must be higher."""
+        q = select(PlanRow.device_id, func.max(PlanRow.sequence)).group_by(
+            col(PlanRow.device_id))
+        with self._tx() as s:
+            return {device_id: sequence for device_id, sequence in s.exec(q)}
+
+    def record_outcomes(self, records: Sequence[OutcomeRecord]) -> None:
+        with self._tx() as s:
+            s.add_all(OutcomeRow(**_OUTCOME.dump_python(r)) for r in records)
+
+    def outcomes(self, plan_ids: Sequence[str]) -> list[OutcomeRecord]:
+        q = select(OutcomeRow).where(col(OutcomeRow.plan_id).in_(plan_ids)).order_by(
+            col(OutcomeRow.id))
+        with self._tx() as s:
+            return [_OUTCOME.validate_python(row.model_dump(exclude={"id"})) for row in s.exec(q)]
+
+
+def _plan_record(row: PlanRow) -> PlanRecord:
+    dispatch = decode_dispatch(row.dispatch)
+    return PlanRecord(plan=dispatch.plan, device=dispatch.device, status=PlanStatus(row.status),
+                      created=row.created, reasons=tuple(row.reasons),
+                      requested_kw=row.requested_kw)

@@ -1,0 +1,182 @@
+"""From one grid signal to a plan per device: which policy answers which signal.
+
+Pure: the signal, the devices and what is known of them now (`DeviceView`) in; plans out. No I/O,
+no clock (`now` is given), randomness only from the `random.Random` passed in.
+
+| signal                                  | policy                                        |
+|-----------------------------------------|-----------------------------------------------|
+| SIMPLE level, LOAD_CONTROL capacity     | the ladder (policies/ladder.py): LIMIT plans  |
+| LOAD_DISPATCH setpoint / delta (power)  | allocation by flexibility (policies/dispatch) |
+| ELECTRICITY_PRICE price                 | battery+PV, EV, hot-water plans (price_plan)  |
+
+LOAD_DISPATCH: each interval's target is shared across the available devices of the signal's
+resources (`allocate`); a device's step follows its share: a device that can export is told to
+CHARGE or DISCHARGE at its expected power, any other gets a LIMIT at its expected share of rated
+import. Intervals where a device has no share leave it to its day job (BALANCE for storage, no
+limit otherwise).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Final
+
+from bridge.models import Device, Mode, Plan, PlanStep
+from policies.dispatch import Allocation, DeviceState, Share, allocate
+from policies.flexibility import signal_kw
+from policies.ladder import plan_for_signal
+from policies.price_plan import battery_pv_plan, ev_plan, hot_water_plan
+from policies.random_delay import random_delay
+from ven.fleet import DeviceClass
+from ven.records import GridSignal, SignalInterval
+
+PRICE_STEP: Final = timedelta(minutes=30)
+OPEN_END: Final = timedelta(hours=1)  # how long a dispatch interval without an end is planned for
+
+# (device, start, step, steps) -> (pv_kw, load_kw) per step: the site's forecast
+Forecast = Callable[[Device, datetime, timedelta, int], tuple[Sequence[float], Sequence[float]]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceView:
+    """What the bridge knows of a device now."""
+
+    state: DeviceState
+    soc: float | None = None  # storage, 0..1
+    temp_c: float | None = None  # hot water
+    energy_needed_kwh: float | None = None  # EV, until departure
+    departure: datetime | None = None  # EV
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Planned:
+    plan: Plan
+    requested_kw: float | None = None  # the change in import asked of the device (dispatch)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SignalPlans:
+    plans: tuple[Planned, ...]
+    allocations: tuple[tuple[SignalInterval, Allocation], ...] = ()  # LOAD_DISPATCH per interval
+    skipped: tuple[tuple[str, str], ...] = ()  # (device_id, why no plan)
+
+
+def plans_for_signal(signal: GridSignal, views: Mapping[str, DeviceView], *,
+                     sequences: Mapping[str, int], issuer: str, now: datetime,
+                     rng: random.Random, forecast: Forecast) -> SignalPlans:
+    """Plans for the devices of `views` that `signal` reaches; `sequences` gives each device's
+    next sequence number. Test events and signals no policy answers give no plans."""
+    devices = [v.state.device for v in views.values()
+               if v.state.device.resource_id in signal.resources]
+    if signal.test_event or not devices:
+        return SignalPlans(plans=())
+    name = signal.signal_name.upper()
+    if name == "LOAD_DISPATCH" and signal.signal_type in ("setpoint", "delta"):
+        return _dispatch(signal, [views[d.device_id] for d in devices], sequences=sequences,
+                         issuer=issuer, rng=rng)
+    planned: list[Planned] = []
+    skipped: list[tuple[str, str]] = []
+    for device in devices:
+        seq = sequences[device.device_id]
+        if name == "ELECTRICITY_PRICE":
+            plan, why = _price_plan(signal, views[device.device_id], sequence=seq, issuer=issuer,
+                                    now=now, rng=rng, forecast=forecast)
+        else:
+            plan = plan_for_signal(signal, device, sequence=seq, issuer=issuer, rng=rng)
+            why = "no policy for this signal" if plan is None else ""
+        if plan is None:
+            skipped.append((device.device_id, why))
+        else:
+            planned.append(Planned(plan=plan))
+    return SignalPlans(plans=tuple(planned), skipped=tuple(skipped))
+
+
+def dispatch_step(device: Device, share: Share | None, start: datetime, end: datetime) -> PlanStep:
+    """The step that makes `device` deliver `share` (None: its day job)."""
+    storage = device.rated_export_kw > 0
+    if share is None:
+        return PlanStep(mode=Mode.BALANCE, start=start, end=end) if storage and \
+            device.capacity_kwh > 0 else PlanStep(mode=Mode.LIMIT, start=start, end=end, level=100)
+    expected = share.expected_kw
+    if storage:
+        if expected >= 0:
+            return PlanStep(mode=Mode.CHARGE, start=start, end=end,
+                            power_kw=round(min(expected, device.rated_import_kw), 3))
+        return PlanStep(mode=Mode.DISCHARGE, start=start, end=end,
+                        power_kw=round(min(-expected, device.rated_export_kw), 3))
+    rated = device.rated_import_kw
+    level = 0 if rated <= 0 else round(100 * min(max(expected, 0.0), rated) / rated)
+    return PlanStep(mode=Mode.LIMIT, start=start, end=end, level=level)
+
+
+def dispatch_plan(device: Device, steps: Sequence[PlanStep], *, signal: GridSignal,
+                  sequence: int, issuer: str, rng: random.Random) -> Plan:
+    return Plan(plan_id=f"{signal.event_id}/{signal.modification_number}/{signal.signal_id}"
+                        f"/{device.device_id}/{sequence}",
+                device_id=device.device_id, sequence=sequence, issuer=issuer,
+                purpose=signal.purpose, priority=signal.priority, steps=tuple(steps),
+                random_delay=random_delay(signal.purpose, rng), event_id=signal.event_id)
+
+
+def interval_target(signal: GridSignal, value: float, current_kw: float) -> float:
+    """The change in import one interval asks: a setpoint is measured from the fleet's import
+    now, a delta is the change itself."""
+    kw = signal_kw(signal, value)
+    return kw - current_kw if signal.signal_type == "setpoint" else kw
+
+
+def _dispatch(signal: GridSignal, views: Sequence[DeviceView], *, sequences: Mapping[str, int],
+              issuer: str, rng: random.Random) -> SignalPlans:
+    states = [v.state for v in views]
+    current = sum(s.current_kw for s in states)
+    allocations = []
+    for interval in signal.intervals:
+        target = interval_target(signal, interval.value, current)
+        allocations.append((interval, allocate(target, states)))
+    planned = []
+    for state in states:
+        device = state.device
+        shares = [a.shares.get(device.device_id) for _, a in allocations]
+        if all(s is None for s in shares):
+            continue
+        steps = [dispatch_step(device, share, interval.start,
+                               interval.end or interval.start + OPEN_END)
+                 for (interval, _), share in zip(allocations, shares)]
+        requested = max((s.kw for s in shares if s is not None), key=abs)
+        planned.append(Planned(
+            plan=dispatch_plan(device, steps, signal=signal,
+                               sequence=sequences[device.device_id], issuer=issuer, rng=rng),
+            requested_kw=requested))
+    return SignalPlans(plans=tuple(planned), allocations=tuple(allocations))
+
+
+def _price_plan(signal: GridSignal, view: DeviceView, *, sequence: int, issuer: str,
+                now: datetime, rng: random.Random, forecast: Forecast
+                ) -> tuple[Plan | None, str]:
+    device = view.state.device
+    prices = signal.schedule(device.resource_id)
+    common = dict(sequence=sequence, issuer=issuer, purpose=signal.purpose,
+                  priority=signal.priority, rng=rng, event_id=signal.event_id)
+    start = max(now, prices[0].start) if prices else now
+    try:
+        if device.capacity_kwh > 0 and device.rated_export_kw > 0 and view.soc is not None:
+            end = prices[-1].end or prices[-1].start + PRICE_STEP
+            steps = max(1, -(-(end - start) // PRICE_STEP))
+            pv, load = forecast(device, start, PRICE_STEP, steps)
+            return battery_pv_plan(device, prices, pv, load, soc=view.soc, step=PRICE_STEP,
+                                   start=start, **common), ""  # type: ignore[arg-type]
+        if device.device_class is DeviceClass.EV and view.departure is not None \
+                and view.energy_needed_kwh is not None:
+            ev = ev_plan(device, prices, energy_kwh_needed=view.energy_needed_kwh, start=start,
+                         departure=view.departure, step=PRICE_STEP,
+                         **common)  # type: ignore[arg-type]
+            return ev.plan, ev.reason
+        if device.comfort_min_c is not None and view.temp_c is not None:
+            return hot_water_plan(device, prices, temp_c=view.temp_c, start=start,
+                                  step=PRICE_STEP, **common), ""  # type: ignore[arg-type]
+    except ValueError as exc:
+        return None, str(exc)
+    return None, "no price policy for this device or no telemetry to plan from"

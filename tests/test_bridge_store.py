@@ -1,0 +1,55 @@
+"""The bridge store keeps every plan (dispatched or refused, with reasons) and every outcome, on
+SQLite and PostgreSQL, beside the fleet's tables."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+
+from sqlmodel import create_engine
+
+from bridge.models import Mode
+from bridge.store import BridgeStore, Outcome, OutcomeRecord, PlanRecord, PlanStatus
+from tests.test_bridge_models import BATTERY, HEATER, T0, plan, step
+from ven.store import FleetStore
+
+H = timedelta(hours=1)
+
+
+def test_plans_and_outcomes_round_trip(database_url: str) -> None:
+    engine = create_engine(database_url)
+    FleetStore(engine)  # the fleet's tables and the bridge's live side by side
+    store = BridgeStore(engine)
+    charge = plan(step(Mode.CHARGE, 0, 2, power_kw=4.0), event_id="ev-1", sequence=3)
+    limit = plan(step(Mode.LIMIT, 0, 1, level=30), device="hw-1", plan_id="p2", event_id="ev-1",
+                 sequence=8)
+    refused = plan(step(Mode.DISCHARGE, 0, 1, power_kw=9.0), plan_id="p3", event_id="ev-2",
+                   sequence=4)
+    records = [
+        PlanRecord(plan=charge, device=BATTERY, status=PlanStatus.DISPATCHED, created=T0,
+                   requested_kw=-4.0),
+        PlanRecord(plan=limit, device=HEATER, status=PlanStatus.DISPATCHED, created=T0),
+        PlanRecord(plan=refused, device=BATTERY, status=PlanStatus.REFUSED, created=T0,
+                   reasons=("step 0 (discharge): power 9.0 kW outside 0..5 kW rated export",)),
+    ]
+    store.save_plans(records)
+    assert store.plans(event_id="ev-1") == records[:2]
+    assert store.plans(status=PlanStatus.REFUSED) == records[2:]
+    assert store.plans(ending_after=T0 + H) == [records[0]]
+    assert store.last_sequences() == {"bat-1": 4, "hw-1": 8}
+    superseded = dataclasses.replace(records[0], status=PlanStatus.SUPERSEDED)
+    store.save_plans([superseded])
+    assert store.plans(device_id="bat-1") == [superseded, records[2]]
+
+    outcomes = [
+        OutcomeRecord(key="p1#3#plan", plan_id="p1", device_id="bat-1", channel="battery_hub",
+                      outcome=Outcome.DELIVERED, attempts=2, at=T0 + H, sent_at=T0,
+                      acked_at=T0 + H, messages=2, detail="plan p1 accepted"),
+        OutcomeRecord(key="p2#8#plan", plan_id="p2", device_id="hw-1", channel="sapc",
+                      outcome=Outcome.UNAVAILABLE, attempts=1, at=T0 + H, detail="timeout"),
+    ]
+    store.record_outcomes(outcomes)
+    assert store.outcomes(["p1", "p2"]) == outcomes
+    assert store.outcomes(["p2"]) == outcomes[1:]
+    reopened = BridgeStore(create_engine(database_url))
+    assert reopened.plans(event_id="ev-1")[1] == records[1]

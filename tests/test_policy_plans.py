@@ -1,0 +1,112 @@
+"""policies.plans: which policy answers which signal, and LOAD_DISPATCH shares turned into steps."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+import pytest
+
+from bridge.models import Channel, Device, Mode, validate
+from policies.dispatch import DeviceState
+from policies.plans import DeviceView, SignalPlans, plans_for_signal
+from tests.test_policy_ladder import T0, TANK, signal, simple
+from ven.fleet import DeviceClass
+from ven.records import GridSignal
+
+M = timedelta(minutes=1)
+STORE = Device(device_id="bat-1", resource_id="bats", device_class=DeviceClass.BATTERY,
+               channel=Channel.BATTERY_HUB, network_area="A", rated_import_kw=5.0,
+               rated_export_kw=5.0, capacity_kwh=10.0)
+EV = Device(device_id="ev-1", resource_id="evs", device_class=DeviceClass.EV,
+            channel=Channel.OCPP, network_area="A", rated_import_kw=7.0, capacity_kwh=60.0)
+
+
+def view(device: Device, *, current: float, down: float, up: float = 0.0,
+         available: bool = True, **known: object) -> DeviceView:
+    return DeviceView(state=DeviceState(device=device, available=available, flex_down_kw=down,
+                                        flex_up_kw=up, current_kw=current), **known)  # type: ignore[arg-type]
+
+
+def flat(device: Device, start: datetime, step: timedelta, n: int
+         ) -> tuple[Sequence[float], Sequence[float]]:
+    return [0.0] * n, [0.5] * n
+
+
+def plans(sig: GridSignal, views: dict[str, DeviceView]) -> SignalPlans:
+    return plans_for_signal(sig, views, sequences=dict.fromkeys(views, 5), issuer="agg", now=T0,
+                            rng=random.Random(1), forecast=flat)
+
+
+def test_simple_levels_take_the_ladder_on_every_device_reached() -> None:
+    views = {"tank-1": view(TANK, current=3.0, down=3.0),
+             "ev-1": view(EV, current=7.0, down=7.0)}  # EV's resource is not targeted
+    result = plans(simple(2, 0), views)
+    assert [p.plan.device_id for p in result.plans] == ["tank-1"]
+    steps = result.plans[0].plan.steps
+    assert [(s.mode, s.level) for s in steps] == [(Mode.LIMIT, 0), (Mode.LIMIT, 100)]
+
+
+def test_test_events_and_unknown_signals_plan_nothing() -> None:
+    views = {"tank-1": view(TANK, current=3.0, down=3.0)}
+    assert plans(simple(2, test_event=True), views).plans == ()
+    result = plans(signal("CHARGE_STATE", "setpoint", 0.8), views)
+    assert result.plans == () and result.skipped == (
+        ("tank-1", "no policy for this signal"),)
+
+
+def test_load_dispatch_shares_the_target_and_turns_shares_into_steps() -> None:
+    tanks = [dataclasses.replace(TANK, device_id=f"tank-{i}") for i in range(3)]
+    battery = dataclasses.replace(STORE, resource_id="tanks")
+    views = {d.device_id: view(d, current=3.0, down=3.0) for d in tanks}
+    views["bat-1"] = view(battery, current=1.0, down=4.0)  # can go to -3 kW (discharge)
+    # a fleet import of 13 kW, asked to fall by 6.5 kW, then by 13 kW
+    sig = dataclasses.replace(signal("LOAD_DISPATCH", "delta", -6.5, -13.0), unit="kW")
+    result = plans(sig, views)
+    by_device = {p.plan.device_id: p for p in result.plans}
+    assert set(by_device) == set(views)
+    for (_, allocation), target in zip(result.allocations, (-6.5, -13.0)):
+        assert allocation.delivered_kw == pytest.approx(target)
+    heater = by_device["tank-0"].plan
+    assert [(s.mode, s.level) for s in heater.steps] == [(Mode.LIMIT, 50), (Mode.LIMIT, 0)]
+    assert by_device["tank-0"].requested_kw == pytest.approx(-3.0)
+    store = by_device["bat-1"].plan
+    assert [(s.mode, s.power_kw) for s in store.steps] == [
+        (Mode.DISCHARGE, pytest.approx(1.0)), (Mode.DISCHARGE, pytest.approx(3.0))]
+    devices = {d.device_id: d for d in [*tanks, battery]}
+    assert all(validate(p.plan, devices[p.plan.device_id]) == [] for p in result.plans)
+
+
+def test_a_setpoint_is_measured_from_the_import_now_and_unavailable_devices_take_nothing() -> None:
+    tanks = [dataclasses.replace(TANK, device_id=f"tank-{i}") for i in range(2)]
+    views = {"tank-0": view(tanks[0], current=3.0, down=3.0),
+             "tank-1": view(tanks[1], current=3.0, down=3.0, available=False)}
+    sig = dataclasses.replace(signal("LOAD_DISPATCH", "setpoint", 4.5), unit="kW")
+    result = plans(sig, views)
+    assert [p.plan.device_id for p in result.plans] == ["tank-0"]
+    assert result.plans[0].plan.steps[0].level == 50
+
+
+def test_prices_plan_storage_evs_and_tanks_from_what_is_known_of_them() -> None:
+    prices = dataclasses.replace(
+        signal("ELECTRICITY_PRICE", "price", 0.30, 0.05, 0.40, 0.10, minutes=30,
+               resources=("bats", "tanks", "evs")), unit="GBP/kWh")
+    views = {
+        "bat-1": view(dataclasses.replace(STORE, resource_id="bats"), current=0.0, down=5.0,
+                      soc=0.5),
+        "ev-1": view(EV, current=0.0, down=0.0, energy_needed_kwh=7.0,
+                     departure=T0 + 120 * M),
+        "tank-1": view(TANK, current=0.0, down=0.0, temp_c=50.0),
+        "tank-2": view(dataclasses.replace(TANK, device_id="tank-2"), current=0.0, down=0.0),
+    }
+    result = plans(prices, views)
+    by_device = {p.plan.device_id: p.plan for p in result.plans}
+    assert set(by_device) == {"bat-1", "ev-1", "tank-1"}
+    ev = by_device["ev-1"]
+    charging = [s for s in ev.steps if s.mode is Mode.CHARGE]
+    assert [s.start for s in charging] == [T0 + 30 * M, T0 + 90 * M]  # the two cheapest
+    assert result.skipped[0][0] == "tank-2"
+    assert "no telemetry" in result.skipped[0][1]
+    assert all(p.random_delay <= timedelta(seconds=600) for p in by_device.values())
