@@ -1,0 +1,256 @@
+"""The bridge: grid signals in, per-device plans out to the channels, outcomes back.
+
+For each VEN of the fleet, every change of its signals (`on_signals`, the fleet's hook) is
+compared with what the bridge has planned: a new signal (or a new modification) is planned with
+`policies.plans`, each plan validated against its device (a plan the device cannot execute is
+stored as refused with the reasons, never sent), stored, then handed to its channel: the whole
+plan at once, or step by step at the steps' start times for devices that take no time-limited
+plan. A signal that is gone (the event cancelled or ended) releases its devices: each gets a plan
+back to its day job.
+
+During a LOAD_DISPATCH window the bridge re-dispatches every `redispatch_every` and at once when a
+channel reports a device unavailable: devices that failed, went offline or deviate lose their
+share, which goes to others (`policies.dispatch.redispatch`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from policies.dispatch import Allocation, redispatch
+from policies.plans import (
+    OPEN_END, DeviceView, Forecast, Planned, dispatch_plan, dispatch_step, interval_target,
+    plans_for_signal)
+from ven.fleet import FleetSpec
+from ven.records import GridSignal, SignalInterval
+
+from .channel import Dispatch
+from .inventory import devices_of
+from .models import Device, Plan, validate
+from .store import BridgeStore, Outcome, OutcomeRecord, PlanRecord, PlanStatus
+
+log = logging.getLogger(__name__)
+
+SignalKey = tuple[str, int, str]  # event id, modification number, signal id
+Views = Callable[[Sequence[Device], datetime], Mapping[str, DeviceView]]
+
+
+class Outlet(Protocol):
+    """Where dispatches go: the channel streams, and the step scheduler for devices that take
+    one command per step."""
+
+    async def enqueue(self, dispatch: Dispatch) -> None: ...
+
+    def schedule(self, plan: Plan, device: Device) -> None: ...
+
+
+@dataclass(slots=True, kw_only=True)
+class _Window:
+    """A LOAD_DISPATCH signal being delivered: what re-dispatch needs."""
+
+    ven: str
+    signal: GridSignal
+    devices: tuple[Device, ...]
+    fleet_kw: float  # the devices' import before the dispatch: setpoints are measured from it
+    allocations: list[tuple[SignalInterval, Allocation]]
+
+
+@dataclass(slots=True)
+class _VenPlans:
+    signals: dict[SignalKey, GridSignal] = field(default_factory=dict)
+    devices: dict[SignalKey, tuple[str, ...]] = field(default_factory=dict)  # with a plan
+
+
+def signal_key(signal: GridSignal) -> SignalKey:
+    return signal.event_id, signal.modification_number, signal.signal_id
+
+
+class Bridge:
+    def __init__(self, fleet: FleetSpec, store: BridgeStore, outlet: Outlet, views: Views,
+                 forecast: Forecast, *, clock: Callable[[], datetime], seed: int | None = None,
+                 redispatch_every: timedelta = timedelta(minutes=5),
+                 deviation_margin: float = 0.2) -> None:
+        self.store = store
+        self.outlet = outlet
+        self.views = views
+        self.forecast = forecast
+        self.clock = clock
+        self.redispatch_every = redispatch_every
+        self.deviation_margin = deviation_margin
+        self.devices = {ven.name: devices_of(ven) for ven in fleet.vens}
+        self._by_id = {d.device_id: d for ds in self.devices.values() for d in ds}
+        self._rng = random.Random(seed)
+        self._sequences = store.last_sequences()
+        self._vens = {name: _VenPlans() for name in self.devices}
+        self._windows: dict[SignalKey, _Window] = {}
+        self.unavailable: set[str] = set()
+        self._inbox: asyncio.Queue[tuple[str, tuple[GridSignal, ...]]] = asyncio.Queue()
+
+    # --- inputs ---------------------------------------------------------------------------
+
+    def on_signals(self, ven: str, signals: tuple[GridSignal, ...]) -> None:
+        """The fleet's hook: called from the event loop whenever a VEN's signals change."""
+        self._inbox.put_nowait((ven, signals))
+
+    async def on_outcome(self, outcome: OutcomeRecord) -> None:
+        """A channel's outcome: recorded; an unavailable device's share goes elsewhere now."""
+        self.store.record_outcomes([outcome])
+        if outcome.outcome is Outcome.UNAVAILABLE:
+            self.unavailable.add(outcome.device_id)
+            for key, window in list(self._windows.items()):
+                if any(d.device_id == outcome.device_id for d in window.devices):
+                    await self._redispatch(key, window)
+
+    async def run(self) -> None:
+        """Plan signal changes as they come, and re-dispatch open windows on the clock."""
+        ticker = asyncio.create_task(self._tick())
+        try:
+            while True:
+                ven, signals = await self._inbox.get()
+                await self.update(ven, signals)
+        finally:
+            ticker.cancel()
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.redispatch_every.total_seconds())
+            for key, window in list(self._windows.items()):
+                await self._redispatch(key, window)
+
+    # --- planning -------------------------------------------------------------------------
+
+    async def update(self, ven: str, signals: Sequence[GridSignal]) -> list[PlanRecord]:
+        """Plan what is new in `signals` for `ven` and release what is gone; the records made."""
+        state = self._vens[ven]
+        now = self.clock()
+        current = {signal_key(s): s for s in signals}
+        records: list[PlanRecord] = []
+        for key in [k for k in state.signals if k not in current]:
+            replaced = any(k[0] == key[0] for k in current)  # a modification replans them
+            records += await self._release(ven, key, now, replaced=replaced)
+        for key, signal in current.items():
+            if key not in state.signals:
+                records += await self._plan(ven, signal, now)
+        return records
+
+    def _next_sequence(self, device_id: str) -> int:
+        self._sequences[device_id] = self._sequences.get(device_id, 0) + 1
+        return self._sequences[device_id]
+
+    def _views(self, devices: Sequence[Device], now: datetime) -> dict[str, DeviceView]:
+        views = dict(self.views(devices, now))
+        for device_id in self.unavailable.intersection(views):
+            view = views[device_id]
+            views[device_id] = replace(view, state=replace(view.state, available=False))
+        return views
+
+    async def _plan(self, ven: str, signal: GridSignal, now: datetime) -> list[PlanRecord]:
+        devices = [d for d in self.devices[ven] if d.resource_id in signal.resources]
+        views = self._views(devices, now)
+        # Sequence numbers are only taken by devices that get a plan.
+        peek = {d.device_id: self._sequences.get(d.device_id, 0) + 1 for d in devices}
+        result = plans_for_signal(signal, views, sequences=peek, issuer=ven, now=now,
+                                  rng=self._rng, forecast=self.forecast)
+        for planned in result.plans:
+            self._sequences[planned.plan.device_id] = planned.plan.sequence
+        for device_id, why in result.skipped:
+            log.info("no plan for %s on event %s: %s", device_id, signal.event_id, why)
+        key = signal_key(signal)
+        state = self._vens[ven]
+        state.signals[key] = signal
+        state.devices[key] = tuple(p.plan.device_id for p in result.plans)
+        if result.allocations:
+            self._windows[key] = _Window(
+                ven=ven, signal=signal, devices=tuple(devices),
+                fleet_kw=sum(v.state.current_kw for v in views.values()),
+                allocations=list(result.allocations))
+        return await self._send(result.plans, now)
+
+    async def _send(self, planned: Sequence[Planned], now: datetime) -> list[PlanRecord]:
+        records = []
+        for p in planned:
+            device = self._by_id[p.plan.device_id]
+            reasons = tuple(validate(p.plan, device))
+            records.append(PlanRecord(
+                plan=p.plan, device=device, created=now, reasons=reasons,
+                requested_kw=p.requested_kw,
+                status=PlanStatus.REFUSED if reasons else PlanStatus.DISPATCHED))
+        self.store.save_plans(records)
+        for r in records:
+            if r.status is PlanStatus.REFUSED:
+                log.warning("plan %s refused: %s", r.plan.plan_id, "; ".join(r.reasons))
+            elif r.device.takes_plans:
+                await self.outlet.enqueue(Dispatch(plan=r.plan, device=r.device))
+            else:
+                self.outlet.schedule(r.plan, r.device)
+        return records
+
+    async def _release(self, ven: str, key: SignalKey, now: datetime, *,
+                       replaced: bool) -> list[PlanRecord]:
+        """Forget a signal; unless a modification replans them, its devices go back to their
+        day job until their old plans would have ended."""
+        state = self._vens[ven]
+        signal = state.signals.pop(key)
+        device_ids = state.devices.pop(key, ())
+        self._windows.pop(key, None)
+        if replaced or not device_ids:
+            return []
+        old = {r.plan.device_id: r.plan for r in self.store.plans(event_id=signal.event_id)
+               if r.status is PlanStatus.DISPATCHED and r.plan.device_id in device_ids}
+        restores = [
+            Planned(plan=dispatch_plan(
+                self._by_id[device_id], [dispatch_step(self._by_id[device_id], None, now, plan.end)],
+                signal=signal, sequence=self._next_sequence(device_id), issuer=ven,
+                rng=self._rng))
+            for device_id, plan in old.items() if plan.end > now]
+        self.store.save_plans([PlanRecord(plan=p, device=self._by_id[p.device_id],
+                                          status=PlanStatus.SUPERSEDED, created=now)
+                               for p in old.values()])
+        return await self._send(restores, now)
+
+    async def _redispatch(self, key: SignalKey, window: _Window) -> list[PlanRecord]:
+        """Re-share the interval in force (and the ones after it) given the devices now."""
+        now = self.clock()
+        live = [(i, iv) for i, (iv, _) in enumerate(window.allocations)
+                if (iv.end or iv.start + OPEN_END) > now]
+        if not live:
+            self._windows.pop(key, None)
+            return []
+        views = self._views(window.devices, now)
+        states = [v.state for v in views.values()]
+        changed: set[str] = set()
+        for i, interval in live:
+            previous = window.allocations[i][1]
+            target = interval_target(window.signal, interval.value, window.fleet_kw)
+            if target * previous.target_kw < 0:
+                continue
+            again = redispatch(previous, states, target, deviation_margin=self.deviation_margin)
+            window.allocations[i] = (interval, again)
+            changed.update(device_id for device_id in set(again.shares) | set(previous.shares)
+                           if again.shares.get(device_id) != previous.shares.get(device_id))
+        if not changed:
+            return []
+        planned = []
+        for device_id in sorted(changed):
+            device = self._by_id[device_id]
+            steps = [dispatch_step(device, window.allocations[i][1].shares.get(device_id),
+                                   max(iv.start, now), iv.end or iv.start + OPEN_END)
+                     for i, iv in live]
+            requested = [window.allocations[i][1].shares.get(device_id) for i, _ in live]
+            kws = [s.kw for s in requested if s is not None]
+            planned.append(Planned(
+                plan=dispatch_plan(device, steps, signal=window.signal,
+                                   sequence=self._next_sequence(device_id), issuer=window.ven,
+                                   rng=self._rng),
+                requested_kw=max(kws, key=abs) if kws else 0.0))
+        log.info("re-dispatch of %s: %d devices re-planned", key[0], len(planned))
+        state = self._vens[window.ven]
+        state.devices[key] = tuple(sorted(set(state.devices.get(key, ())) | set(changed)))
+        return await self._send(planned, now)
+

@@ -1,0 +1,148 @@
+"""The bridge service: signals become validated, stored plans handed to the channels; gone signals
+release their devices; an unavailable device's share goes to the others."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlmodel import create_engine
+
+from bridge.channel import Dispatch
+from bridge.models import Device, Mode, Plan
+from bridge.service import Bridge
+from bridge.store import BridgeStore, Outcome, OutcomeRecord, PlanStatus
+from policies.dispatch import DeviceState
+from policies.plans import DeviceView
+from ven.fleet import DeviceClass, FleetSpec, ResourceSpec, VenSpec
+from ven.records import GridSignal, Purpose, SignalInterval
+
+T0 = datetime(2026, 11, 27, 17, tzinfo=UTC)
+M = timedelta(minutes=1)
+FLEET = FleetSpec(vens=(VenSpec(name="agg", vtn_url="http://127.0.0.1:1/", resources=(
+    ResourceSpec(resource_id="tanks", device_class=DeviceClass.HOT_WATER, devices=5,
+                 rated_kw=15.0, baseline_kw=9.0, flexible_kw=9.0),
+    ResourceSpec(resource_id="hubless", device_class=DeviceClass.BATTERY, devices=2,
+                 rated_kw=10.0, baseline_kw=0.0, flexible_kw=10.0, export_kw=10.0,
+                 time_limited_plans=False),
+)),))
+
+
+class Outlet:
+    def __init__(self) -> None:
+        self.sent: list[Dispatch] = []
+        self.scheduled: list[Plan] = []
+
+    async def enqueue(self, dispatch: Dispatch) -> None:
+        self.sent.append(dispatch)
+
+    def schedule(self, plan: Plan, device: Device) -> None:
+        self.scheduled.append(plan)
+
+
+class Devices:
+    """Every device draws 60 % of its rating unless the last LIMIT it was sent caps it lower."""
+
+    def __init__(self, outlet: Outlet) -> None:
+        self.outlet = outlet
+
+    def __call__(self, devices: Sequence[Device], now: datetime) -> Mapping[str, DeviceView]:
+        caps = {d.plan.device_id: d.plan.steps[0].level for d in self.outlet.sent}
+        views = {}
+        for d in devices:
+            cap = caps.get(d.device_id)
+            current = 0.6 * d.rated_import_kw * (1 if cap is None else min(1, cap / 60))
+            views[d.device_id] = DeviceView(state=DeviceState(
+                device=d, available=True, current_kw=current, flex_down_kw=current,
+                flex_up_kw=d.rated_import_kw - current))
+        return views
+
+
+def signal(name: str, type_: str, *values: float, mod: int = 0, minutes: int = 30,
+           resources: tuple[str, ...] = ("tanks",), unit: str | None = None) -> GridSignal:
+    return GridSignal(
+        program="p", event_id="e1", modification_number=mod, priority=1, signal_name=name,
+        signal_type=type_, signal_id="s1", unit=unit, purpose=Purpose.RESPONSE,
+        resources=resources,
+        intervals=tuple(SignalInterval(start=T0 + i * minutes * M,
+                                       end=T0 + (i + 1) * minutes * M, value=v)
+                        for i, v in enumerate(values)))
+
+
+@pytest.fixture
+def bridge(tmp_path: object) -> Bridge:
+    store = BridgeStore(create_engine("sqlite://"))
+    out = Outlet()
+    return Bridge(FLEET, store, out, Devices(out), lambda *a: ((), ()), clock=lambda: T0, seed=1)
+
+
+def outlet(bridge: Bridge) -> Outlet:
+    assert isinstance(bridge.outlet, Outlet)
+    return bridge.outlet
+
+
+async def test_signals_become_stored_plans_sent_whole_or_step_by_step(bridge: Bridge) -> None:
+    records = await bridge.update("agg", [signal("SIMPLE", "level", 1, 2,
+                                                 resources=("tanks", "hubless"))])
+    assert len(records) == 7 and all(r.status is PlanStatus.DISPATCHED for r in records)
+    assert sorted(d.plan.device_id for d in outlet(bridge).sent) == [
+        f"agg/tanks/{i}" for i in range(5)]
+    assert sorted(p.device_id for p in outlet(bridge).scheduled) == [
+        "agg/hubless/0", "agg/hubless/1"]  # no time-limited plans: one command per step
+    assert bridge.store.plans(event_id="e1") == sorted(
+        records, key=lambda r: (r.plan.device_id, r.plan.sequence))
+    # the same signals again: nothing new
+    assert await bridge.update("agg", [signal("SIMPLE", "level", 1, 2,
+                                              resources=("tanks", "hubless"))]) == []
+
+
+async def test_a_plan_the_device_cannot_execute_is_refused_with_reasons_and_never_sent(
+        bridge: Bridge) -> None:
+    three_days = signal("SIMPLE", "level", 2, minutes=3 * 24 * 60)
+    records = await bridge.update("agg", [dataclasses.replace(three_days)])
+    # the ladder cuts plans at 48 h, so this one is valid; a dispatch is not cut:
+    assert all(r.status is PlanStatus.DISPATCHED for r in records)
+    outlet(bridge).sent.clear()
+    long_dispatch = signal("LOAD_DISPATCH", "delta", -3.0, minutes=3 * 24 * 60, unit="kW")
+    long_dispatch = dataclasses.replace(long_dispatch, event_id="e2")
+    refused = await bridge.update("agg", [three_days, long_dispatch])
+    assert refused and all(r.status is PlanStatus.REFUSED for r in refused)
+    assert all("more than 2 days" in r.reasons[0] for r in refused)
+    assert outlet(bridge).sent == []
+    assert bridge.store.plans(event_id="e2", status=PlanStatus.REFUSED) == refused
+
+
+async def test_cancelled_signal_releases_devices_and_a_modification_replans(
+        bridge: Bridge) -> None:
+    first = await bridge.update("agg", [signal("SIMPLE", "level", 2)])
+    modified = await bridge.update("agg", [signal("SIMPLE", "level", 3, mod=1)])
+    assert [r.plan.sequence for r in modified] == [r.plan.sequence + 1 for r in first]
+    assert all(r.plan.steps[0].level == 0 for r in modified)
+    released = await bridge.update("agg", [])
+    assert len(released) == 5
+    assert all([(s.mode, s.level) for s in r.plan.steps] == [(Mode.LIMIT, 100)]
+               for r in released)  # back to the day job: no limit
+    superseded = bridge.store.plans(event_id="e1", status=PlanStatus.SUPERSEDED)
+    assert {r.plan.plan_id for r in superseded} == {r.plan.plan_id for r in modified}
+
+
+async def test_an_unavailable_device_loses_its_share_to_the_others(bridge: Bridge) -> None:
+    # 5 heaters at 1.8 kW each; shed 4.5 kW: each gives half its 1.8 kW
+    records = await bridge.update("agg", [signal("LOAD_DISPATCH", "delta", -4.5, unit="kW")])
+    assert [r.requested_kw for r in records] == pytest.approx([-0.9] * 5)
+    gone = records[0].plan
+    again = await bridge._redispatch(*next(iter(bridge._windows.items())))  # nothing changed
+    assert again == []
+    await bridge.on_outcome(OutcomeRecord(
+        key=f"{gone.plan_id}#{gone.sequence}#plan", plan_id=gone.plan_id,
+        device_id=gone.device_id, channel="sapc", outcome=Outcome.UNAVAILABLE, attempts=1,
+        at=T0, detail="no answer in 25 s"))
+    replanned = bridge.store.plans(event_id="e1", status=PlanStatus.DISPATCHED)
+    latest = {r.plan.device_id: r for r in replanned}
+    assert gone.device_id in bridge.unavailable
+    shares = [latest[d].requested_kw for d in latest if d != gone.device_id]
+    assert sum(shares) == pytest.approx(-4.5)  # the four others cover the target
+    assert latest[gone.device_id].plan.steps[0].level == 100  # its share withdrawn
+    assert bridge.store.outcomes([gone.plan_id])[0].outcome is Outcome.UNAVAILABLE
