@@ -32,8 +32,8 @@ from ven.records import GridSignal, SignalInterval
 
 from .channel import Dispatch
 from .inventory import devices_of
-from .models import Device, Plan, validate
-from .store import BridgeStore, Outcome, OutcomeRecord, PlanRecord, PlanStatus
+from .models import Device, Mode, Plan, validate
+from .store import BridgeStore, Outcome, OutcomeRecord, PlanRecord, PlanStatus, PowerSample
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,14 @@ class _Window:
 
 
 @dataclass(slots=True)
+class _Tracked:
+    """An event's devices, for its power samples."""
+
+    baseline: dict[str, float] = field(default_factory=dict)  # import when first planned
+    plans: dict[str, Plan] = field(default_factory=dict)  # the latest one sent, per device
+
+
+@dataclass(slots=True)
 class _VenPlans:
     signals: dict[SignalKey, GridSignal] = field(default_factory=dict)
     devices: dict[SignalKey, tuple[str, ...]] = field(default_factory=dict)  # with a plan
@@ -71,10 +79,26 @@ def signal_key(signal: GridSignal) -> SignalKey:
     return signal.event_id, signal.modification_number, signal.signal_id
 
 
+def requested_change(plan: Plan, device: Device, baseline_kw: float, at: datetime) -> float:
+    """The change in import from `baseline_kw` that the plan's step in force at `at` asks."""
+    step = next((s for s in plan.steps if s.start <= at < s.end), None)
+    if step is None or (step.mode is Mode.LIMIT and step.level is None):
+        return 0.0
+    match step.mode:
+        case Mode.LIMIT:
+            return min(baseline_kw, (step.level or 0) / 100 * device.rated_import_kw) - baseline_kw
+        case Mode.CHARGE:
+            return (step.power_kw or 0.0) - baseline_kw
+        case Mode.DISCHARGE:
+            return -(step.power_kw or 0.0) - baseline_kw
+    return 0.0
+
+
 class Bridge:
     def __init__(self, fleet: FleetSpec, store: BridgeStore, outlet: Outlet, views: Views,
                  forecast: Forecast, *, clock: Callable[[], datetime], seed: int | None = None,
                  redispatch_every: timedelta = timedelta(minutes=5),
+                 sample_every: timedelta = timedelta(minutes=1),
                  deviation_margin: float = 0.2) -> None:
         self.store = store
         self.outlet = outlet
@@ -82,6 +106,7 @@ class Bridge:
         self.forecast = forecast
         self.clock = clock
         self.redispatch_every = redispatch_every
+        self.sample_every = sample_every
         self.deviation_margin = deviation_margin
         self.devices = {ven.name: devices_of(ven) for ven in fleet.vens}
         self._by_id = {d.device_id: d for ds in self.devices.values() for d in ds}
@@ -89,7 +114,9 @@ class Bridge:
         self._sequences = store.last_sequences()
         self._vens = {name: _VenPlans() for name in self.devices}
         self._windows: dict[SignalKey, _Window] = {}
+        self._events: dict[str, _Tracked] = {}
         self.unavailable: set[str] = set()
+        self._last_sample = clock()
         self._inbox: asyncio.Queue[tuple[str, tuple[GridSignal, ...]]] = asyncio.Queue()
 
     # --- inputs ---------------------------------------------------------------------------
@@ -118,10 +145,38 @@ class Bridge:
             ticker.cancel()
 
     async def _tick(self) -> None:
+        """Sample every `sample_every` of the clock, re-dispatch every `redispatch_every`."""
+        last_redispatch = self.clock()
         while True:
-            await asyncio.sleep(self.redispatch_every.total_seconds())
-            for key, window in list(self._windows.items()):
-                await self._redispatch(key, window)
+            await asyncio.sleep(0.1)
+            now = self.clock()
+            if now - last_redispatch >= self.redispatch_every:
+                last_redispatch = now
+                for key, window in list(self._windows.items()):
+                    await self._redispatch(key, window)
+            if now - self._last_sample >= self.sample_every:
+                self.sample(now)
+
+    def sample(self, now: datetime) -> list[PowerSample]:
+        """Record each tracked event's requested and delivered power; stop tracking an event
+        once its plans have ended."""
+        self._last_sample = now
+        samples = []
+        for event_id, tracked in list(self._events.items()):
+            devices = [self._by_id[d] for d in tracked.plans]
+            views = self._views(devices, now)
+            samples.append(PowerSample(
+                event_id=event_id, at=now, devices=len(devices),
+                online=sum(v.state.available for v in views.values()),
+                requested_kw=sum(requested_change(tracked.plans[d.device_id], d,
+                                                  tracked.baseline[d.device_id], now)
+                                 for d in devices),
+                delivered_kw=sum(views[d.device_id].state.current_kw
+                                 - tracked.baseline[d.device_id] for d in devices)))
+            if all(p.end <= now for p in tracked.plans.values()):
+                del self._events[event_id]
+        self.store.record_power(samples)
+        return samples
 
     # --- planning -------------------------------------------------------------------------
 
@@ -182,6 +237,7 @@ class Bridge:
                 requested_kw=p.requested_kw,
                 status=PlanStatus.REFUSED if reasons else PlanStatus.DISPATCHED))
         self.store.save_plans(records)
+        self._track([r for r in records if r.status is PlanStatus.DISPATCHED], now)
         for r in records:
             if r.status is PlanStatus.REFUSED:
                 log.warning("plan %s refused: %s", r.plan.plan_id, "; ".join(r.reasons))
@@ -190,6 +246,18 @@ class Bridge:
             else:
                 self.outlet.schedule(r.plan, r.device)
         return records
+
+    def _track(self, records: Sequence[PlanRecord], now: datetime) -> None:
+        new = [r.device for r in records if r.plan.event_id is not None
+               and r.device.device_id not in self._events.get(r.plan.event_id, _Tracked()).baseline]
+        views = self._views(new, now) if new else {}
+        for r in records:
+            if r.plan.event_id is None:
+                continue
+            tracked = self._events.setdefault(r.plan.event_id, _Tracked())
+            tracked.plans[r.device.device_id] = r.plan
+            if r.device.device_id in views:
+                tracked.baseline[r.device.device_id] = views[r.device.device_id].state.current_kw
 
     async def _release(self, ven: str, key: SignalKey, now: datetime, *,
                        replaced: bool) -> list[PlanRecord]:

@@ -77,6 +77,29 @@ class PlanRow(FleetTable, table=True):
     dispatch: str = Field(sa_column=Column(Text, nullable=False))  # plan and device, as JSON
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PowerSample:
+    """An event's devices at one moment: the change in import asked of them and the change they
+    show, both against their import when the event was planned (negative: importing less)."""
+
+    event_id: str
+    at: datetime
+    requested_kw: float
+    delivered_kw: float
+    devices: int
+    online: int
+
+
+class PowerRow(FleetTable, table=True):
+    __tablename__ = "bridge_power"
+    event_id: str = Field(primary_key=True)
+    at: datetime = ts_field(nullable=False, primary_key=True)
+    requested_kw: float
+    delivered_kw: float
+    devices: int
+    online: int
+
+
 class OutcomeRow(FleetTable, table=True):
     __tablename__ = "bridge_outcome"
     id: int | None = Field(default=None, primary_key=True)
@@ -94,6 +117,7 @@ class OutcomeRow(FleetTable, table=True):
 
 
 _OUTCOME: Final = TypeAdapter(OutcomeRecord)
+_POWER: Final = TypeAdapter(PowerSample)
 
 
 class BridgeStore:
@@ -151,6 +175,16 @@ class BridgeStore:
             col(OutcomeRow.id))
         with self._tx() as s:
             return [_OUTCOME.validate_python(row.model_dump(exclude={"id"})) for row in s.exec(q)]
+
+
+    def record_power(self, samples: Sequence[PowerSample]) -> None:
+        with self._tx() as s:
+            upsert_values(s, PowerRow.__table__, [_POWER.dump_python(p) for p in samples])
+
+    def power(self, event_id: str) -> list[PowerSample]:
+        q = select(PowerRow).where(PowerRow.event_id == event_id).order_by(col(PowerRow.at))
+        with self._tx() as s:
+            return [_POWER.validate_python(row.model_dump()) for row in s.exec(q)]
 
 
 def _plan_record(row: PlanRow) -> PlanRecord:

@@ -146,3 +146,16 @@ async def test_an_unavailable_device_loses_its_share_to_the_others(bridge: Bridg
     assert sum(shares) == pytest.approx(-4.5)  # the four others cover the target
     assert latest[gone.device_id].plan.steps[0].level == 100  # its share withdrawn
     assert bridge.store.outcomes([gone.plan_id])[0].outcome is Outcome.UNAVAILABLE
+
+
+async def test_power_samples_compare_what_was_asked_with_what_devices_show(
+        bridge: Bridge) -> None:
+    await bridge.update("agg", [signal("LOAD_DISPATCH", "delta", -4.5, unit="kW")])
+    during = bridge.sample(T0 + 10 * M)
+    assert [(s.event_id, s.devices, s.online) for s in during] == [("e1", 5, 5)]
+    assert during[0].requested_kw == pytest.approx(-4.5)
+    assert during[0].delivered_kw == pytest.approx(-4.5)
+    after = bridge.sample(T0 + 31 * M)  # the window has ended: asked nothing, last sample
+    assert after[0].requested_kw == 0.0
+    assert bridge.sample(T0 + 32 * M) == []
+    assert bridge.store.power("e1") == during + after
