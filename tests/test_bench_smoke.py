@@ -44,3 +44,12 @@ def test_fleet_footprint_quick_measures_both_stacks() -> None:
         assert 0 < r.rss_base_kb <= r.peak_kb and 0 < r.rss_kb <= r.peak_kb, r
     assert "cpu" in fleet_footprint.ratios(results)
     assert "| 0 | openleadr | 5/5 |" in fleet_footprint.report(results)
+
+
+def test_bridge_plans_quick_plans_every_available_device() -> None:
+    from bench import bridge_plans
+
+    rounds = bridge_plans.run(bridge_plans.parse_args(["--devices", "300", "--rounds", "1"]))
+    assert rounds[0].devices == 300 and 250 < rounds[0].plans <= 300
+    assert rounds[0].bytes_per_device > 0 and rounds[0].reference_seconds > 0
+    assert "| 300 |" in bridge_plans.report(rounds)
