@@ -33,7 +33,8 @@ from ven.records import GridSignal, SignalInterval
 from .channel import Dispatch
 from .inventory import devices_of
 from .models import Device, Mode, Plan, validate
-from .store import BridgeStore, Outcome, OutcomeRecord, PlanRecord, PlanStatus, PowerSample
+from .store import BridgeStore, PlanRecord, PlanStatus, PowerSample
+from .streams import DispatchResult, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -125,14 +126,20 @@ class Bridge:
         """The fleet's hook: called from the event loop whenever a VEN's signals change."""
         self._inbox.put_nowait((ven, signals))
 
-    async def on_outcome(self, outcome: OutcomeRecord) -> None:
-        """A channel's outcome: recorded; an unavailable device's share goes elsewhere now."""
-        self.store.record_outcomes([outcome])
-        if outcome.outcome is Outcome.UNAVAILABLE:
-            self.unavailable.add(outcome.device_id)
-            for key, window in list(self._windows.items()):
-                if any(d.device_id == outcome.device_id for d in window.devices):
-                    await self._redispatch(key, window)
+    async def on_results(self, results: Sequence[DispatchResult]) -> None:
+        """Channels' outcomes: recorded; an unavailable device's share goes elsewhere now, and
+        a device that acknowledged is available again."""
+        self.store.record_outcomes(results)
+        lost = set()
+        for r in results:
+            if r.outcome is Outcome.UNAVAILABLE:
+                lost.add(r.device_id)
+            elif r.outcome is Outcome.DELIVERED:
+                self.unavailable.discard(r.device_id)
+        self.unavailable |= lost
+        for key, window in list(self._windows.items()):
+            if any(d.device_id in lost for d in window.devices):
+                await self._redispatch(key, window)
 
     async def run(self) -> None:
         """Plan signal changes as they come, and re-dispatch open windows on the clock."""

@@ -24,18 +24,13 @@ from ven.tables import FLEET_METADATA, FleetTable, ts_field
 
 from .channel import Dispatch, decode_dispatch, encode_dispatch
 from .models import Device, Plan
+from .streams import DispatchResult, decode_result, encode_result
 
 
 class PlanStatus(StrEnum):
     DISPATCHED = "dispatched"  # handed to its channel
     REFUSED = "refused"  # the device cannot execute it: never sent (reasons say why)
     SUPERSEDED = "superseded"  # a newer plan for the device replaced it
-
-
-class Outcome(StrEnum):
-    DELIVERED = "delivered"  # the device acknowledged
-    UNAVAILABLE = "unavailable"  # no answer in time: the device's share goes elsewhere
-    DEAD = "dead"  # refused by the device, or failed every retry
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,18 +44,16 @@ class PlanRecord:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class OutcomeRecord:
-    key: str  # the dispatch key (plan, sequence, step)
-    plan_id: str
-    device_id: str
-    channel: str
-    outcome: Outcome
-    attempts: int
-    at: datetime  # when the outcome was known
-    sent_at: datetime | None = None
-    acked_at: datetime | None = None
-    messages: int = 0
-    detail: str = ""  # what the device read back, or why it failed
+class PowerSample:
+    """An event's devices at one moment: the change in import asked of them and the change they
+    show, both against their import when the event was planned (negative: importing less)."""
+
+    event_id: str
+    at: datetime
+    requested_kw: float
+    delivered_kw: float
+    devices: int
+    online: int
 
 
 class PlanRow(FleetTable, table=True):
@@ -77,19 +70,6 @@ class PlanRow(FleetTable, table=True):
     dispatch: str = Field(sa_column=Column(Text, nullable=False))  # plan and device, as JSON
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PowerSample:
-    """An event's devices at one moment: the change in import asked of them and the change they
-    show, both against their import when the event was planned (negative: importing less)."""
-
-    event_id: str
-    at: datetime
-    requested_kw: float
-    delivered_kw: float
-    devices: int
-    online: int
-
-
 class PowerRow(FleetTable, table=True):
     __tablename__ = "bridge_power"
     event_id: str = Field(primary_key=True)
@@ -102,21 +82,12 @@ class PowerRow(FleetTable, table=True):
 
 class OutcomeRow(FleetTable, table=True):
     __tablename__ = "bridge_outcome"
-    id: int | None = Field(default=None, primary_key=True)
+    entry_id: str = Field(primary_key=True)  # the dispatch stream entry: one outcome each
     key: str = Field(index=True)
     plan_id: str = Field(index=True)
-    device_id: str
-    channel: str
-    outcome: str
-    attempts: int
-    at: datetime = ts_field(nullable=False)
-    sent_at: datetime | None = ts_field()
-    acked_at: datetime | None = ts_field()
-    messages: int
-    detail: str = Field(sa_column=Column(Text, nullable=False))
+    result: str = Field(sa_column=Column(Text, nullable=False))  # the DispatchResult, as JSON
 
 
-_OUTCOME: Final = TypeAdapter(OutcomeRecord)
 _POWER: Final = TypeAdapter(PowerSample)
 
 
@@ -166,15 +137,19 @@ class BridgeStore:
         with self._tx() as s:
             return {device_id: sequence for device_id, sequence in s.exec(q)}
 
-    def record_outcomes(self, records: Sequence[OutcomeRecord]) -> None:
+    def record_outcomes(self, results: Sequence[DispatchResult]) -> None:
+        """Idempotent by stream entry: a result read again after a restart is stored once."""
         with self._tx() as s:
-            s.add_all(OutcomeRow(**_OUTCOME.dump_python(r)) for r in records)
+            upsert_values(s, OutcomeRow.__table__, [
+                {"entry_id": r.entry_id, "key": r.key, "plan_id": r.plan_id,
+                 "result": encode_result(r).decode()} for r in results])
 
-    def outcomes(self, plan_ids: Sequence[str]) -> list[OutcomeRecord]:
-        q = select(OutcomeRow).where(col(OutcomeRow.plan_id).in_(plan_ids)).order_by(
-            col(OutcomeRow.id))
+    def outcomes(self, plan_ids: Sequence[str]) -> list[DispatchResult]:
+        """The outcomes of these plans, in the order the channels finished them."""
+        q = select(OutcomeRow).where(col(OutcomeRow.plan_id).in_(plan_ids))
         with self._tx() as s:
-            return [_OUTCOME.validate_python(row.model_dump(exclude={"id"})) for row in s.exec(q)]
+            results = [decode_result(row.result) for row in s.exec(q)]
+        return sorted(results, key=lambda r: (r.finished_at, r.entry_id))
 
 
     def record_power(self, samples: Sequence[PowerSample]) -> None:

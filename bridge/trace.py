@@ -16,7 +16,8 @@ from typing import Any
 
 from ven.store import FleetStore
 
-from .store import BridgeStore, OutcomeRecord, PlanRecord
+from .store import BridgeStore, PlanRecord
+from .streams import DispatchResult
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -44,7 +45,7 @@ def trace(event_id: str, fleet: FleetStore, bridge: BridgeStore) -> Trace:
                 "acknowledged": held.answered_mod == held.event.modification_number,
                 "start_offsets": {r: d.total_seconds() for r, d in held.start_offsets}})
     records = bridge.plans(event_id=event_id)
-    outcomes: dict[str, list[OutcomeRecord]] = {}
+    outcomes: dict[str, list[DispatchResult]] = {}
     for o in bridge.outcomes([r.plan.plan_id for r in records]):
         outcomes.setdefault(o.plan_id, []).append(o)
     channels: dict[str, Counter[str]] = {}
@@ -53,7 +54,7 @@ def trace(event_id: str, fleet: FleetStore, bridge: BridgeStore) -> Trace:
         counts[f"plans_{r.status.value}"] += 1
         for o in outcomes.get(r.plan.plan_id, ()):
             counts[o.outcome.value] += 1
-            counts["messages"] += o.messages
+            counts["messages"] += o.delivery.messages if o.delivery is not None else 0
     return Trace(
         event_id=event_id, vens=vens,
         plans=[_plan(r, outcomes.get(r.plan.plan_id, [])) for r in records],
@@ -63,7 +64,7 @@ def trace(event_id: str, fleet: FleetStore, bridge: BridgeStore) -> Trace:
                 "online": p.online} for p in bridge.power(event_id)])
 
 
-def _plan(r: PlanRecord, outcomes: list[OutcomeRecord]) -> dict[str, Any]:
+def _plan(r: PlanRecord, outcomes: list[DispatchResult]) -> dict[str, Any]:
     return {
         "device": r.device.device_id, "channel": r.device.channel.value,
         "address": r.device.reach, "plan_id": r.plan.plan_id, "sequence": r.plan.sequence,
@@ -74,11 +75,18 @@ def _plan(r: PlanRecord, outcomes: list[OutcomeRecord]) -> dict[str, Any]:
                    **({"level": s.level} if s.level is not None else {}),
                    **({"power_kw": s.power_kw} if s.power_kw is not None else {})}
                   for s in r.plan.steps],
-        "outcomes": [{"key": o.key, "outcome": o.outcome.value, "attempts": o.attempts,
-                      "messages": o.messages, "sent": _time(o.sent_at),
-                      "acknowledged": _time(o.acked_at), "at": _time(o.at),
-                      "detail": o.detail} for o in outcomes],
+        "outcomes": [_outcome(o) for o in outcomes],
     }
+
+
+def _outcome(o: DispatchResult) -> dict[str, Any]:
+    out = {"key": o.key, "outcome": o.outcome.value, "attempts": o.attempts,
+           "enqueued": _time(o.enqueued_at), "finished": _time(o.finished_at)}
+    if o.delivery is None:
+        return out | {"reason": o.reason}
+    d = o.delivery
+    return out | {"messages": d.messages, "sent": _time(d.sent_at),
+                  "acknowledged": _time(d.acked_at), "detail": d.detail}
 
 
 def _time(t: datetime | None) -> str | None:

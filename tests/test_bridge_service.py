@@ -11,9 +11,10 @@ import pytest
 from sqlmodel import create_engine
 
 from bridge.channel import Dispatch
-from bridge.models import Device, Mode, Plan
+from bridge.models import Channel, Device, Mode, Plan
 from bridge.service import Bridge
-from bridge.store import BridgeStore, Outcome, OutcomeRecord, PlanStatus
+from bridge.store import BridgeStore, PlanStatus
+from bridge.streams import DispatchResult, Outcome
 from policies.dispatch import DeviceState
 from policies.plans import DeviceView
 from ven.fleet import DeviceClass, FleetSpec, ResourceSpec, VenSpec
@@ -135,10 +136,11 @@ async def test_an_unavailable_device_loses_its_share_to_the_others(bridge: Bridg
     gone = records[0].plan
     again = await bridge._redispatch(*next(iter(bridge._windows.items())))  # nothing changed
     assert again == []
-    await bridge.on_outcome(OutcomeRecord(
+    await bridge.on_results([DispatchResult(
         key=f"{gone.plan_id}#{gone.sequence}#plan", plan_id=gone.plan_id,
-        device_id=gone.device_id, channel="sapc", outcome=Outcome.UNAVAILABLE, attempts=1,
-        at=T0, detail="no answer in 25 s"))
+        device_id=gone.device_id, event_id="e1", channel=Channel.SAPC,
+        outcome=Outcome.UNAVAILABLE, attempts=1, entry_id="1-0", enqueued_at=T0, finished_at=T0,
+        reason="no answer in 25 s")])
     replanned = bridge.store.plans(event_id="e1", status=PlanStatus.DISPATCHED)
     latest = {r.plan.device_id: r for r in replanned}
     assert gone.device_id in bridge.unavailable

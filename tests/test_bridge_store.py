@@ -9,7 +9,10 @@ from datetime import timedelta
 from sqlmodel import create_engine
 
 from bridge.models import Mode
-from bridge.store import BridgeStore, Outcome, OutcomeRecord, PlanRecord, PlanStatus
+from bridge.channel import Delivery
+from bridge.models import Channel
+from bridge.store import BridgeStore, PlanRecord, PlanStatus
+from bridge.streams import DispatchResult, Outcome
 from tests.test_bridge_models import BATTERY, HEATER, T0, plan, step
 from ven.store import FleetStore
 
@@ -41,15 +44,20 @@ def test_plans_and_outcomes_round_trip(database_url: str) -> None:
     store.save_plans([superseded])
     assert store.plans(device_id="bat-1") == [superseded, records[2]]
 
-    outcomes = [
-        OutcomeRecord(key="p1#3#plan", plan_id="p1", device_id="bat-1", channel="battery_hub",
-                      outcome=Outcome.DELIVERED, attempts=2, at=T0 + H, sent_at=T0,
-                      acked_at=T0 + H, messages=2, detail="plan p1 accepted"),
-        OutcomeRecord(key="p2#8#plan", plan_id="p2", device_id="hw-1", channel="sapc",
-                      outcome=Outcome.UNAVAILABLE, attempts=1, at=T0 + H, detail="timeout"),
-    ]
-    store.record_outcomes(outcomes)
-    assert store.outcomes(["p1", "p2"]) == outcomes
-    assert store.outcomes(["p2"]) == outcomes[1:]
+    delivered = DispatchResult(
+        key="p1#3#plan", plan_id="p1", device_id="bat-1", event_id="ev-1",
+        channel=Channel.BATTERY_HUB, outcome=Outcome.DELIVERED, attempts=2, entry_id="1-0",
+        enqueued_at=T0, finished_at=T0 + H,
+        delivery=Delivery(key="p1#3#plan", plan_id="p1", device_id="bat-1",
+                          channel=Channel.BATTERY_HUB, messages=2, sent_at=T0, acked_at=T0 + H,
+                          detail="plan p1 accepted"))
+    lost = DispatchResult(
+        key="p2#8#plan", plan_id="p2", device_id="hw-1", event_id="ev-1", channel=Channel.SAPC,
+        outcome=Outcome.UNAVAILABLE, attempts=1, entry_id="2-0", enqueued_at=T0,
+        finished_at=T0 + 2 * H, reason="timeout")
+    store.record_outcomes([lost, delivered])
+    store.record_outcomes([lost])  # read again after a restart: stored once
+    assert store.outcomes(["p1", "p2"]) == [delivered, lost]
+    assert store.outcomes(["p2"]) == [lost]
     reopened = BridgeStore(create_engine(database_url))
     assert reopened.plans(event_id="ev-1")[1] == records[1]
