@@ -114,6 +114,14 @@ class CommandBook:
         kept = [c for c in self._by_device.get(device_id, ()) if c.source != source]
         self._by_device[device_id] = kept
 
+    def prune(self, before: datetime) -> None:
+        """Forget commands that ended before `before`: the book stays as small as what is in
+        force or to come, so looking up the active command stays cheap."""
+        for device_id, commands in self._by_device.items():
+            if any(c.end is not None and c.end < before for c in commands):
+                self._by_device[device_id] = [c for c in commands
+                                              if c.end is None or c.end >= before]
+
     def commands(self, device_id: str) -> Sequence[Command]:
         return tuple(self._by_device.get(device_id, ()))
 

@@ -315,7 +315,8 @@ class Bridge:
         for device_id in sorted(changed):
             device = self._by_id[device_id]
             steps = [dispatch_step(device, window.allocations[i][1].shares.get(device_id),
-                                   max(iv.start, now), iv.end or iv.start + OPEN_END)
+                                   max(iv.start, now), iv.end or iv.start + OPEN_END,
+                                   uncontrolled_kw=views[device_id].uncontrolled_kw)
                      for i, iv in live]
             requested = [window.allocations[i][1].shares.get(device_id) for i, _ in live]
             kws = [s.kw for s in requested if s is not None]

@@ -45,6 +45,7 @@ class DeviceView:
     """What the bridge knows of a device now."""
 
     state: DeviceState
+    uncontrolled_kw: float = 0.0  # import behind its meter no plan moves (a site's load - PV)
     soc: float | None = None  # storage, 0..1
     temp_c: float | None = None  # hot water
     energy_needed_kwh: float | None = None  # EV, until departure
@@ -94,14 +95,18 @@ def plans_for_signal(signal: GridSignal, views: Mapping[str, DeviceView], *,
     return SignalPlans(plans=tuple(planned), skipped=tuple(skipped))
 
 
-def dispatch_step(device: Device, share: Share | None, start: datetime, end: datetime) -> PlanStep:
-    """The step that makes `device` deliver `share` (None: its day job)."""
+def dispatch_step(device: Device, share: Share | None, start: datetime, end: datetime, *,
+                  uncontrolled_kw: float = 0.0) -> PlanStep:
+    """The step that makes `device` deliver `share` (None: its day job). Storage is told the
+    battery power that brings its meter to the share's expected import, given the import behind
+    the meter that no plan moves."""
     storage = device.rated_export_kw > 0
     if share is None:
         return PlanStep(mode=Mode.BALANCE, start=start, end=end) if storage and \
             device.capacity_kwh > 0 else PlanStep(mode=Mode.LIMIT, start=start, end=end, level=100)
     expected = share.expected_kw
     if storage:
+        expected -= uncontrolled_kw
         if expected >= 0:
             return PlanStep(mode=Mode.CHARGE, start=start, end=end,
                             power_kw=round(min(expected, device.rated_import_kw), 3))
@@ -137,13 +142,14 @@ def _dispatch(signal: GridSignal, views: Sequence[DeviceView], *, sequences: Map
         target = interval_target(signal, interval.value, current)
         allocations.append((interval, allocate(target, states)))
     planned = []
-    for state in states:
-        device = state.device
+    for view in views:
+        device = view.state.device
         shares = [a.shares.get(device.device_id) for _, a in allocations]
         if all(s is None for s in shares):
             continue
         steps = [dispatch_step(device, share, interval.start,
-                               interval.end or interval.start + OPEN_END)
+                               interval.end or interval.start + OPEN_END,
+                               uncontrolled_kw=view.uncontrolled_kw)
                  for (interval, _), share in zip(allocations, shares)]
         requested = max((s.kw for s in shares if s is not None), key=abs)
         planned.append(Planned(

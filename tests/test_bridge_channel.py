@@ -53,3 +53,13 @@ def test_newest_command_wins_where_plans_overlap_and_lower_primacy_beats_all() -
     assert book.setpoint("hw-1", T0 - H) is None
     assert book.setpoint(HEATER.device_id, T0 + 4 * H) == Setpoint(mode=Mode.LIMIT, level=30)
     assert [c.source for c in book.commands("hw-1")] == ["plan-1", "plan-2"]
+
+
+def test_pruning_forgets_only_commands_that_have_ended() -> None:
+    book = CommandBook()
+    book.record(command("old", 0, 1, 60))
+    book.record(command("open", 0, None, 40))
+    book.record(command("later", 2, 3, 20, received=1))
+    book.prune(T0 + 2 * H)
+    assert [c.source for c in book.commands("hw-1")] == ["open", "later"]
+    assert book.setpoint("hw-1", T0 + 2 * H) == Setpoint(mode=Mode.LIMIT, level=20)

@@ -110,3 +110,14 @@ def test_prices_plan_storage_evs_and_tanks_from_what_is_known_of_them() -> None:
     assert result.skipped[0][0] == "tank-2"
     assert "no telemetry" in result.skipped[0][1]
     assert all(p.random_delay <= timedelta(seconds=600) for p in by_device.values())
+
+
+def test_storage_is_told_the_battery_power_that_brings_its_meter_to_the_share() -> None:
+    site = dataclasses.replace(STORE, resource_id="tanks")
+    # the site imports 2 kW: 1.5 kW of load less PV, 0.5 kW charging the battery
+    views = {"bat-1": view(site, current=2.0, down=6.5, uncontrolled_kw=1.5)}
+    sig = dataclasses.replace(signal("LOAD_DISPATCH", "delta", -3.0), unit="kW")
+    (planned,) = plans(sig, views).plans
+    # the meter must show -1 kW: the battery discharges 2.5 kW under 1.5 kW of load
+    assert [(s.mode, s.power_kw) for s in planned.plan.steps] == [
+        (Mode.DISCHARGE, pytest.approx(2.5))]

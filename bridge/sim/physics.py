@@ -241,6 +241,10 @@ class _Sim(ABC):
     def bounds(self, s: _Step, sp: Setpoint | None) -> tuple[float, float]:
         """The least and most import (kW) it could hold for the step's length from now."""
 
+    def uncontrolled_kw(self, s: _Step) -> float:
+        """The import behind the same meter that no command moves (a site's load less its PV)."""
+        return 0.0
+
     def telemetry(self, at: datetime) -> DeviceTelemetry:
         return DeviceTelemetry(device_id=self.device.device_id, at=at, power_kw=self.power_kw,
                                energy_kwh=self.energy_kwh, online=self.online,
@@ -299,6 +303,9 @@ class _Site(_Sim):
             self.soc_kwh = min(max(self.soc_kwh + stored * s.hours, 0.0),
                                self.device.capacity_kwh)
         return net + battery, False
+
+    def uncontrolled_kw(self, s: _Step) -> float:
+        return self.profile.load_kw(s.hour) - self._pv_kw(s)
 
     def bounds(self, s: _Step, sp: Setpoint | None) -> tuple[float, float]:
         load = self.profile.load_kw(s.hour)
@@ -554,6 +561,8 @@ class SimulatedFleet:
                     sim.step(s, command)
                     setpoints.append(None if command is None else command.setpoint)
                 self._history[rid].append(end, *_status(group, setpoints))
+            if end.hour != t.hour:
+                self._book.prune(end)
             self._now = end
 
     def _setpoint(self, sim: _Sim, t: datetime) -> Setpoint | None:
@@ -610,9 +619,12 @@ class SimulatedFleet:
               horizon: timedelta = FLEX_HORIZON) -> dict[str, DeviceView]:
         """What `policies.plans` plans from, per device: its state and telemetry now."""
         views = {}
+        now = _step(self._now, STEP)
         for state in self.states(device_ids, horizon=horizon):
             t = self.telemetry(state.device.device_id)
             views[t.device_id] = DeviceView(state=state, soc=t.soc, temp_c=t.temp_c,
+                                            uncontrolled_kw=self._sims[t.device_id]
+                                            .uncontrolled_kw(now),
                                             energy_needed_kwh=t.energy_needed_kwh,
                                             departure=t.departure)
         return views
