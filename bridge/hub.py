@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Literal, Self
+from urllib.parse import quote
 
 import aiohttp
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -156,7 +157,7 @@ class HubDriver:
         if hub is None:
             raise ChannelError(f"{device.device_id}: no hub named {device.reach!r}",
                                retryable=False)
-        base = f"{hub.url}/devices/{device.device_id}"
+        base = f"{hub.url}/devices/{quote(device.device_id, safe='')}"  # ids may hold "/"
         sent_at = datetime.now(UTC)
         if dispatch.step is None:
             if not hub.takes_plans:

@@ -35,9 +35,9 @@ def eui64(device_id: str) -> str:
     return "-".join(f"{b:02X}" for b in digest)
 
 
-def address(ven_name: str, device_id: str, channel: Channel) -> str:
+def address(hub: str, device_id: str, channel: Channel) -> str:
     """How the channel names the device: a SAPC's EUI-64, a charge point id (safe in a websocket
-    URL path), an IEEE 2030.5 LFDI (40 hex digits), or the aggregator's hub (one per VEN)."""
+    URL path), an IEEE 2030.5 LFDI (40 hex digits), or the aggregator's hub for the group."""
     digest = hashlib.sha256(device_id.encode()).hexdigest()
     match channel:
         case Channel.SAPC:
@@ -46,7 +46,7 @@ def address(ven_name: str, device_id: str, channel: Channel) -> str:
             return f"CP{digest[:12].upper()}"
         case Channel.IEEE_2030_5:
             return digest[:40].upper()
-    return ven_name
+    return hub
 
 
 def devices_of(ven: VenSpec) -> tuple[Device, ...]:
@@ -64,7 +64,7 @@ def _group(ven_name: str, r: ResourceSpec) -> list[Device]:
         devices.append(Device(
             device_id=device_id, resource_id=r.resource_id, device_class=r.device_class,
             channel=channel, network_area=r.network_area,
-            address=address(ven_name, device_id, channel),
+            address=address(f"{ven_name}/{r.resource_id}", device_id, channel),
             takes_plans=r.time_limited_plans,
             rated_import_kw=r.rated_kw / r.devices, rated_export_kw=r.export_kw / r.devices,
             capacity_kwh=storage / r.devices, comfort_min_c=comfort[0], comfort_max_c=comfort[1]))

@@ -27,7 +27,7 @@ def test_resources_become_devices_with_their_share_of_the_ratings() -> None:
         == {(Channel.SAPC, 45.0, 60.0)}
     assert all(EUI64.match(d.reach) for d in heaters)
     assert len({d.reach for d in heaters}) == len(heaters)
-    assert {d.reach for d in batteries} == {"sunstore-homes"}  # the aggregator's one hub
+    assert {d.reach for d in batteries} == {"sunstore-homes/home-batteries"}  # the group's hub
     assert devices_of(sunstore) == devices  # the same file gives the same addresses
 
 
