@@ -13,6 +13,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +152,18 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_settings_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     ven.add_argument("--fleet", type=Path, metavar="FILE", help="fleet file (TOML) to run")
     ven.add_argument("--data-dir", type=Path, help="data directory (ADRGATE_DATA_DIR)")
+    ven.add_argument("--bridge", action="store_true",
+                     help="also run the bridge: grid signals become per-device plans, sent "
+                          "through Redis Streams (REDIS_URL, else an embedded redis-server) to "
+                          "simulated devices on every channel (SAPC via a DCC simulator, OCPP, "
+                          "battery hubs, IEEE 2030.5) whose telemetry the VENs report")
+    ven.add_argument("--dcc", choices=("realistic", "accelerated"), default="realistic",
+                     help="DCC simulator latency with --bridge: realistic (a critical SAPC "
+                          "command takes about 22 s, within the 25 s on-demand target) or "
+                          "accelerated (100 times faster, for demos); default realistic")
+    ven.add_argument("--redispatch-every", type=float, default=300.0, metavar="SECONDS",
+                     help="with --bridge: re-dispatch open LOAD_DISPATCH windows this often "
+                          "(default 300)")
     vs = ven.add_subparsers(dest="action", required=False, metavar="ACTION")
     for name, text in (("status", "each fleet VEN's registration, last poll, events, opts and "
                                   "report requests"),
@@ -171,6 +184,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resource", action="append", default=[], help="resourceID (repeatable)")
     p.add_argument("--party", help="partyID")
 
+    tr = sub.add_parser(
+        "trace", help="the path of one event: VENs' answers, plans per device, channel "
+                      "messages and acknowledgements, requested vs delivered power",
+        description="Reads the fleet's database (the VENs' side and the bridge's); with --api "
+                    "also asks the VTN for its own view of the event (delivery per VEN).",
+        epilog=_settings_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    tr.add_argument("event_id")
+    tr.add_argument("--fleet", type=Path, required=True, metavar="FILE",
+                    help="fleet file (TOML) whose database to read")
+    tr.add_argument("--data-dir", type=Path, help="data directory (ADRGATE_DATA_DIR)")
+    tr.add_argument("--api", help="VTN base URL to add the VTN's view (e.g. http://127.0.0.1:8080)")
+    tr.add_argument("--token", default=os.environ.get("ADRGATE_API_TOKEN"),
+                    help="operator API bearer token (ADRGATE_API_TOKEN)")
+
     report = sub.add_parser("report", help="show report metadata, requests and values")
     rs = report.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = client(rs.add_parser("show", help="a VEN's reports"))
@@ -188,7 +215,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _run_local_command(args: argparse.Namespace) -> Any:
     """`vtn` and the fleet commands: processes and databases of this machine, no API."""
     settings = _settings(args)
-    serving = args.command == "vtn" or args.action is None
+    serving = args.command == "vtn" or (args.command == "ven" and args.action is None)
     if serving:  # long-running services log; one-shot readers print their answer only
         configure_logging(settings.log_level, settings.log_format)
     if args.command == "vtn":
@@ -198,8 +225,25 @@ def _run_local_command(args: argparse.Namespace) -> Any:
         return None
     from . import venfleet
 
+    if args.command == "trace":
+        path = venfleet.trace_event(args.event_id, args.fleet, settings)
+        if args.api:
+            try:
+                path["vtn"] = call(args.api, "GET", f"/api/events/{args.event_id}",
+                                   token=args.token)
+            except ApiError as exc:  # the aggregator's side is still worth showing
+                path["vtn"] = {"error": str(exc)}
+        return path
     if args.action is None:
-        venfleet.run(args.fleet, settings)
+        from bridge.sim.dcc import ACCELERATED, REALISTIC
+        from bridge.sim.world import WorldOptions
+
+        from .bridgeproc import BridgeOptions
+
+        bridge = BridgeOptions(
+            world=WorldOptions(dcc_latency=REALISTIC if args.dcc == "realistic" else ACCELERATED),
+            redispatch_every=timedelta(seconds=args.redispatch_every)) if args.bridge else None
+        venfleet.run(args.fleet, settings, bridge=bridge)
         return None
     return venfleet.status(args.fleet, settings) if args.action == "status" \
         else venfleet.signals(args.fleet, settings)
@@ -208,7 +252,8 @@ def _run_local_command(args: argparse.Namespace) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    fleet_command = args.command == "ven" and args.action in (None, "status", "signals")
+    fleet_command = args.command == "trace" or (
+        args.command == "ven" and args.action in (None, "status", "signals"))
     if fleet_command and getattr(args, "fleet", None) is None:
         parser.error("adrgate ven: give --fleet FILE (run, status, signals) or an ACTION")
     try:

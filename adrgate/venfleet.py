@@ -7,17 +7,23 @@ import dataclasses
 import logging
 import signal
 from datetime import datetime, timezone
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from bridge.store import BridgeStore
+from bridge.trace import trace
 from ven.fleet import FleetSpec, load_fleet
 from ven.records import GridSignal
 from ven.runner import Fleet
 from ven.signals import signals_of
 from ven.store import FleetStore
 
-from .services import make_engine
+from .services import EmbeddedRedis, make_engine
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .bridgeproc import BridgeOptions
 
 log = logging.getLogger("adrgate.ven")
 
@@ -31,24 +37,41 @@ def open_store(fleet: FleetSpec, settings: Settings) -> FleetStore:
     return FleetStore(make_engine(database_url(fleet, settings)))
 
 
-def run(path: Path, settings: Settings) -> None:
-    """Run every VEN of the fleet file until SIGINT/SIGTERM."""
+def run(path: Path, settings: Settings, *, bridge: BridgeOptions | None = None) -> None:
+    """Run every VEN of the fleet file until SIGINT/SIGTERM; with `bridge`, also the bridge,
+    its channel workers and the simulated devices (adrgate/bridgeproc.py)."""
     fleet = load_fleet(path)
-    store = open_store(fleet, settings)
-    log.info("fleet %s: %d VENs, database %s", path, len(fleet.vens),
-             database_url(fleet, settings).split("@")[-1])
+    url = database_url(fleet, settings)
+    log.info("fleet %s: %d VENs, database %s", path, len(fleet.vens), url.split("@")[-1])
+    if bridge is None:
+        store = open_store(fleet, settings)
+        try:
+            asyncio.run(_until_stopped(Fleet(fleet, store, on_signals=_log_signals).run))
+        finally:
+            store.close()
+        return
+    redis_url, embedded = settings.redis_url, None
+    if redis_url is None:  # its own server: the VTN's embedded one may stop before the fleet
+        embedded = EmbeddedRedis(Path(settings.data_dir) / "bridge").start()
+        redis_url = embedded.url
+    from .bridgeproc import AggregatorSide  # its channels' libraries: only when asked for
+
+    engine = make_engine(url)
     try:
-        asyncio.run(_run(fleet, store))
+        side = AggregatorSide(fleet, engine, redis_url, options=bridge)
+        asyncio.run(_until_stopped(side.run))
     finally:
-        store.close()
+        engine.dispose()
+        if embedded is not None:
+            embedded.stop()
 
 
-async def _run(fleet: FleetSpec, store: FleetStore) -> None:
+async def _until_stopped(run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await Fleet(fleet, store, on_signals=_log_signals).run(stop)
+    await run(stop)
 
 
 def _log_signals(ven: str, signals: tuple[GridSignal, ...]) -> None:
@@ -57,6 +80,16 @@ def _log_signals(ven: str, signals: tuple[GridSignal, ...]) -> None:
         log.info("grid signal %s/%s mod=%d priority=%d resources=%s purpose=%s",
                  s.signal_name, s.signal_type, s.modification_number, s.priority,
                  ",".join(s.resources), s.purpose, extra={"ven": ven, "event_id": s.event_id})
+
+
+def trace_event(event_id: str, path: Path, settings: Settings) -> dict[str, Any]:
+    """The path of one event through the fleet and the bridge, from the fleet's database."""
+    fleet = load_fleet(path)
+    engine = make_engine(database_url(fleet, settings))
+    try:
+        return trace(event_id, FleetStore(engine), BridgeStore(engine)).as_json()
+    finally:
+        engine.dispose()
 
 
 def status(path: Path, settings: Settings) -> list[dict[str, Any]]:
