@@ -53,3 +53,21 @@ def test_bridge_plans_quick_plans_every_available_device() -> None:
     assert rounds[0].devices == 300 and 250 < rounds[0].plans <= 300
     assert rounds[0].bytes_per_device > 0 and rounds[0].reference_seconds > 0
     assert "| 300 |" in bridge_plans.report(rounds)
+
+
+def test_bridge_dispatch_quick_signs_verifies_and_delivers_every_dispatch() -> None:
+    from bench import bridge_dispatch
+
+    results = bridge_dispatch.run(bridge_dispatch.parse_args(["--quick", "--dispatches", "50"]))
+
+    assert [f.frames for f in results.frames] == [2 * 48]  # two plans of 48 steps, one round
+    for f in results.frames:
+        assert f.frame_rate > 0 and f.check_rate > 0 and f.sign_s > 0 and f.verify_s > 0, f
+        assert f.frame_bytes > 0, f
+    assert sorted(s.stack for s in results.streams) == ["bare", "worker"]
+    for s in results.streams:
+        assert s.delivered == s.dispatches == 50 and s.failed == 0, s
+        assert s.rate > 0 and s.payload_bytes > 0, s
+    assert set(bridge_dispatch.ratios(results)) == {
+        "frame_time_per_sign_time", "check_time_per_verify_time", "worker_rate_per_bare_rate"}
+    assert "| 0 | worker | 50 | 50 | 0 |" in bridge_dispatch.report(results)
