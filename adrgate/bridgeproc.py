@@ -117,28 +117,31 @@ class AggregatorSide:
             reader = ResultReader(client, prefix=self.options.stream_prefix)
             log.info("bridge: %d devices on %s; %d step jobs rebuilt", len(self.devices),
                      ", ".join(sorted(self.world.drivers)) or "no channel", rebuilt)
-            tasks = [asyncio.create_task(w.run()) for w in workers]
-            tasks += [asyncio.create_task(self.bridge.run()),
-                      asyncio.create_task(self._results(reader))]
+            # Readers of Redis end between blocking reads (cancelling one inside redis-py
+            # can stall until the connection gives up); the bridge's own loop is cancelled.
+            stopping = asyncio.Event()
+            readers = [asyncio.create_task(w.run()) for w in workers]
+            readers.append(asyncio.create_task(self._results(reader, stopping)))
+            planner = asyncio.create_task(self.bridge.run())
             self.ready.set()
             try:
                 await self.fleet.run(stop)
             finally:
+                stopping.set()
                 for w in workers:
                     w.stop()
-                for task in tasks:
-                    task.cancel()
-                for task in tasks:
-                    with suppress(asyncio.CancelledError):
-                        await task
+                planner.cancel()
+                with suppress(asyncio.CancelledError):
+                    await planner
+                await asyncio.gather(*readers, return_exceptions=True)
 
     def _views(self, devices: Sequence[Device],
                now: datetime) -> dict[str, DeviceView]:
         self.world.physics.advance(now)
         return self.world.physics.views([d.device_id for d in devices])
 
-    async def _results(self, reader: ResultReader) -> None:
-        while True:
+    async def _results(self, reader: ResultReader, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
             batch = await reader.read()
             if batch:
                 await self.bridge.on_results([result for _, result in batch])

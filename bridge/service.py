@@ -6,7 +6,9 @@ compared with what the bridge has planned: a new signal (or a new modification) 
 stored as refused with the reasons, never sent), stored, then handed to its channel: the whole
 plan at once, or step by step at the steps' start times for devices that take no time-limited
 plan. A signal that is gone (the event cancelled or ended) releases its devices: each gets a plan
-back to its day job.
+back to its day job. Planned signals are stored, so a restart neither plans them again nor
+forgets to release them; a LOAD_DISPATCH window's allocation is not stored, so after a restart
+it is no longer re-dispatched.
 
 During a LOAD_DISPATCH window the bridge re-dispatches every `redispatch_every` and at once when a
 channel reports a device unavailable: devices that failed, went offline or deviate lose their
@@ -114,6 +116,10 @@ class Bridge:
         self._rng = random.Random(seed)
         self._sequences = store.last_sequences()
         self._vens = {name: _VenPlans() for name in self.devices}
+        for ven, signal, device_ids in store.signals():  # planned before a restart
+            if ven in self._vens:
+                self._vens[ven].signals[signal_key(signal)] = signal
+                self._vens[ven].devices[signal_key(signal)] = device_ids
         self._windows: dict[SignalKey, _Window] = {}
         self._events: dict[str, _Tracked] = {}
         self.unavailable: set[str] = set()
@@ -227,6 +233,7 @@ class Bridge:
         state = self._vens[ven]
         state.signals[key] = signal
         state.devices[key] = tuple(p.plan.device_id for p in result.plans)
+        self.store.save_signal(ven, signal, state.devices[key])
         if result.allocations:
             self._windows[key] = _Window(
                 ven=ven, signal=signal, devices=tuple(devices),
@@ -274,6 +281,7 @@ class Bridge:
         signal = state.signals.pop(key)
         device_ids = state.devices.pop(key, ())
         self._windows.pop(key, None)
+        self.store.forget_signal(ven, signal)
         if replaced or not device_ids:
             return []
         old = {r.plan.device_id: r.plan for r in self.store.plans(event_id=signal.event_id)
@@ -328,5 +336,6 @@ class Bridge:
         log.info("re-dispatch of %s: %d devices re-planned", key[0], len(planned))
         state = self._vens[window.ven]
         state.devices[key] = tuple(sorted(set(state.devices.get(key, ())) | set(changed)))
+        self.store.save_signal(window.ven, window.signal, state.devices[key])
         return await self._send(planned, now)
 

@@ -16,9 +16,10 @@ from enum import StrEnum
 from typing import Final
 
 from pydantic import TypeAdapter
-from sqlalchemy import JSON, Column, Engine, Text, func
+from sqlalchemy import JSON, Column, Engine, Text, delete, func
 from sqlmodel import Field, Session, col, select
 
+from ven.records import GridSignal
 from ven.store import upsert_values
 from ven.tables import FLEET_METADATA, FleetTable, ts_field
 
@@ -70,6 +71,18 @@ class PlanRow(FleetTable, table=True):
     dispatch: str = Field(sa_column=Column(Text, nullable=False))  # plan and device, as JSON
 
 
+class SignalRow(FleetTable, table=True):
+    """A grid signal the bridge has planned, so a restart does not plan it again."""
+
+    __tablename__ = "bridge_signal"
+    ven_name: str = Field(primary_key=True)
+    event_id: str = Field(primary_key=True)
+    modification_number: int = Field(primary_key=True)
+    signal_id: str = Field(primary_key=True)
+    signal: str = Field(sa_column=Column(Text, nullable=False))  # the GridSignal, as JSON
+    devices: list[str] = Field(sa_column=Column(JSON, nullable=False))  # those given a plan
+
+
 class PowerRow(FleetTable, table=True):
     __tablename__ = "bridge_power"
     event_id: str = Field(primary_key=True)
@@ -89,6 +102,7 @@ class OutcomeRow(FleetTable, table=True):
 
 
 _POWER: Final = TypeAdapter(PowerSample)
+_SIGNAL: Final = TypeAdapter(GridSignal)
 
 
 class BridgeStore:
@@ -151,6 +165,27 @@ class BridgeStore:
             results = [decode_result(row.result) for row in s.exec(q)]
         return sorted(results, key=lambda r: (r.finished_at, r.entry_id))
 
+
+    def save_signal(self, ven_name: str, signal: GridSignal, devices: Sequence[str]) -> None:
+        with self._tx() as s:
+            upsert_values(s, SignalRow.__table__, [{
+                "ven_name": ven_name, "event_id": signal.event_id,
+                "modification_number": signal.modification_number,
+                "signal_id": signal.signal_id, "signal": _SIGNAL.dump_json(signal).decode(),
+                "devices": list(devices)}])
+
+    def forget_signal(self, ven_name: str, signal: GridSignal) -> None:
+        with self._tx() as s:
+            s.exec(delete(SignalRow).where(
+                col(SignalRow.ven_name) == ven_name, col(SignalRow.event_id) == signal.event_id,
+                col(SignalRow.modification_number) == signal.modification_number,
+                col(SignalRow.signal_id) == signal.signal_id))
+
+    def signals(self) -> list[tuple[str, GridSignal, tuple[str, ...]]]:
+        """Every planned signal not yet released: (VEN, signal, devices given a plan)."""
+        with self._tx() as s:
+            return [(row.ven_name, _SIGNAL.validate_json(row.signal), tuple(row.devices))
+                    for row in s.exec(select(SignalRow))]
 
     def record_power(self, samples: Sequence[PowerSample]) -> None:
         with self._tx() as s:

@@ -161,3 +161,71 @@ async def test_dispatch_meets_its_target_after_a_fifth_of_the_devices_fail(
                 event_id=event_id, status=PlanStatus.DISPATCHED)}
             assert sum(kw for d, kw in shares.items() if d not in failed and kw) \
                 <= -6.0 + tolerance
+
+
+async def test_telemetry_from_the_simulated_devices_reaches_the_vtn(
+        redis_url: str, tmp_path: Path) -> None:
+    heaters = EVERY_CHANNEL[0]
+    async with running_vtn(**FAST) as vtn:
+        async with aggregator(vtn, redis_url, tmp_path, heaters) as side:
+            (ven_id,) = await registered(vtn, 1)
+            await wait_for(lambda: vtn.store.count_report_values(ven_id) > 0, timeout=30,
+                           what="TELEMETRY report values at the VTN")
+            physics = side.world.physics
+            reading = physics.read(heaters, utcnow())
+            assert reading.online and reading.power_kw >= 0  # the physics is the source
+            assert reading.energy_kwh >= 0
+
+
+async def test_a_silent_charge_point_is_marked_unavailable_and_its_share_moves(
+        redis_url: str, tmp_path: Path) -> None:
+    chargers = ResourceSpec(resource_id="chargers", device_class=DeviceClass.EV, devices=4,
+                            rated_kw=28.0, baseline_kw=20.0, flexible_kw=20.0)
+    quick = dataclasses.replace(OPTIONS, world=dataclasses.replace(OPTIONS.world,
+                                                                   channel_timeout_s=1.0))
+    async with running_vtn(**FAST) as vtn:
+        async with aggregator(vtn, redis_url, tmp_path, chargers, options=quick) as side:
+            (ven_id,) = await registered(vtn, 1)
+            silent = side.devices[0]
+            side.world.charge_points[silent.reach].silent = True
+            event_id = await create(vtn, event("delta", -6.0, name="LOAD_DISPATCH",
+                                               start_in=timedelta(seconds=30),
+                                               targets={"ven_ids": [ven_id]}))
+
+            def moved() -> Any:
+                latest = {r.plan.device_id: r for r in side.store.plans(event_id=event_id)}
+                others = [latest[d.device_id].requested_kw for d in side.devices[1:]
+                          if d.device_id in latest]
+                withdrawn = latest.get(silent.device_id)
+                return silent.device_id in side.bridge.unavailable and len(others) == 3 \
+                    and withdrawn is not None and not withdrawn.requested_kw \
+                    and abs(sum(kw or 0.0 for kw in others) + 6.0) < 1e-6
+
+            await wait_for(moved, timeout=30, what="the silent charge point's share moved")
+            path = trace(event_id, side.fleet_store, side.store)
+            lost = [o for p in path.plans if p["device"] == silent.device_id
+                    for o in p["outcomes"] if o["outcome"] == "unavailable"]
+            assert lost and "1" in lost[0]["reason"] or lost, path.plans
+
+
+async def test_step_schedules_are_rebuilt_from_the_database_after_a_restart(
+        redis_url: str, tmp_path: Path) -> None:
+    hubless = EVERY_CHANNEL[3]
+    async with running_vtn(**FAST) as vtn:
+        async with aggregator(vtn, redis_url, tmp_path, hubless) as side:
+            (ven_id,) = await registered(vtn, 1)
+            event_id = await create(vtn, event("x-loadControlCapacity", 0.4,
+                                               start_in=timedelta(minutes=2),
+                                               targets={"ven_ids": [ven_id]}))
+            plans = await wait_for(lambda: side.store.plans(event_id=event_id), timeout=30,
+                                   what="plans for the hub that takes no plan")
+            before = {job for job, _ in side.scheduler.pending()}
+        keys = {f"{r.plan.plan_id}#{r.plan.sequence}#step0" for r in plans}
+        assert keys <= before
+        async with aggregator(vtn, redis_url, tmp_path, hubless) as restarted:
+            after = {job for job, _ in restarted.scheduler.pending()}
+            assert keys <= after  # the same steps, from the stored plans
+            assert restarted.world.book.setpoint(plans[0].device.device_id, utcnow()) is None
+            await asyncio.sleep(3)  # three polls of the restarted VEN, holding the same event
+            assert restarted.store.plans(event_id=event_id) == plans  # not planned again
+            assert {job for job, _ in restarted.scheduler.pending()} == after

@@ -61,3 +61,17 @@ def test_plans_and_outcomes_round_trip(database_url: str) -> None:
     assert store.outcomes(["p2"]) == [lost]
     reopened = BridgeStore(create_engine(database_url))
     assert reopened.plans(event_id="ev-1")[1] == records[1]
+
+
+def test_planned_signals_are_kept_until_released(database_url: str) -> None:
+    from tests.test_policy_ladder import simple
+
+    store = BridgeStore(create_engine(database_url))
+    first, modified = simple(2), dataclasses.replace(simple(3), modification_number=3)
+    store.save_signal("agg", first, ["hw-1", "hw-2"])
+    store.save_signal("agg", modified, ["hw-1"])
+    store.save_signal("agg", first, ["hw-1", "hw-2", "hw-3"])  # re-dispatch brought one in
+    assert sorted(store.signals(), key=lambda r: r[1].modification_number) == [
+        ("agg", first, ("hw-1", "hw-2", "hw-3")), ("agg", modified, ("hw-1",))]
+    store.forget_signal("agg", first)
+    assert store.signals() == [("agg", modified, ("hw-1",))]
