@@ -48,6 +48,7 @@ from pydantic_xml.errors import BaseError as XmlModelError
 
 from .channel import (
     PLAN_PRIMACY, ChannelError, Delivery, DeviceUnavailable, Dispatch, Setpoint)
+from .loopback import Served
 from .models import Channel, Device, Mode, Plan, PlanStep
 
 CONTENT_TYPE: Final = "application/sep+xml"
@@ -160,7 +161,7 @@ class _EndDevice:
     requests: int = 0
 
 
-class Ieee20305Server:
+class Ieee20305Server(Served):
     """Publishes DERControls per end device and collects their Responses."""
 
     def __init__(self, devices: Iterable[str], *, poll_rate_s: int = 60,
@@ -169,24 +170,10 @@ class Ieee20305Server:
         self._clock = clock
         self._devices = {reach: _EndDevice() for reach in devices}
         self._responded = asyncio.Condition()
-        self._runner: web.AppRunner | None = None
         self.app = web.Application(middlewares=[self._count])
         self.app.router.add_get("/edev/{reach}/derp", self._programs)
         self.app.router.add_get("/edev/{reach}/derp/{primacy}/derc", self._controls)
         self.app.router.add_post("/edev/{reach}/rsp", self._response)
-
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Serve; returns the base URL."""
-        self._runner = web.AppRunner(self.app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
-        bound = self._runner.addresses[0]
-        return f"http://{bound[0]}:{bound[1]}"
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
     def publish(self, reach: str, controls: Sequence[DERControlResponse],
                 primacy: int) -> list[str]:

@@ -205,7 +205,7 @@ async def test_a_silent_charge_point_is_marked_unavailable_and_its_share_moves(
             path = trace(event_id, side.fleet_store, side.store)
             lost = [o for p in path.plans if p["device"] == silent.device_id
                     for o in p["outcomes"] if o["outcome"] == "unavailable"]
-            assert lost and "1" in lost[0]["reason"] or lost, path.plans
+            assert lost and lost[0]["reason"], path.plans  # recorded, with why
 
 
 async def test_step_schedules_are_rebuilt_from_the_database_after_a_restart(

@@ -42,6 +42,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from bridge.channel import PLAN_PRIMACY, Command, CommandBook, Setpoint
+from bridge.loopback import Served
 from bridge.duis import (
     MAX_FRAME_BYTES, SERVICES_PATH, Alert, AlertCode, AuxControllerCalendar, CommandVariant,
     ControllerLevel, DuisError, LimitApcLevel, RequestId, Response, ResponseCode, Service,
@@ -218,7 +219,7 @@ class ServiceUser:
     alerts: AlertSink | None = None
 
 
-class DccSim:
+class DccSim(Served):
     def __init__(self, sapc: SapcSim, *, latency: Latency = ACCELERATED,
                  capacity_per_minute: int | None = None,
                  monotonic: Callable[[], float] = time.monotonic,
@@ -233,7 +234,6 @@ class DccSim:
         self._recent: dict[str, deque[float]] = {}  # per user: when its requests arrived
         self._pending: OrderedDict[str, ServiceRequest] = OrderedDict()  # RequestID -> variant 4
         self._tasks: set[asyncio.Task[None]] = set()
-        self._runner: web.AppRunner | None = None
         sapc.on_alert = self._relay_alert
         self.app = web.Application(client_max_size=MAX_FRAME_BYTES)
         self.app.router.add_post(SERVICES_PATH, self._post)
@@ -241,21 +241,12 @@ class DccSim:
     def add_user(self, user: ServiceUser) -> None:
         self._users[user.eui] = user
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Serve; returns the base URL."""
-        self._runner = web.AppRunner(self.app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
-        bound = self._runner.addresses[0]
-        return f"http://{bound[0]}:{bound[1]}"
-
     async def close(self) -> None:
         self.sapc.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await super().close()
 
     async def _post(self, http: web.Request) -> web.Response:
         self.hops["user->dcc"] += 1

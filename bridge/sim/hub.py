@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from bridge.channel import Command, CommandBook, Setpoint
 from bridge.hub import HubCommand, HubPlan, HubReply, wire
+from bridge.loopback import Served
 
 Clock = Callable[[], datetime]
 D = TypeVar("D", HubPlan, HubCommand)
@@ -29,37 +30,20 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class HubSimulator:
+class HubSimulator(Served):
     def __init__(self, book: CommandBook, devices: Iterable[str], *, takes_plans: bool,
                  rng: random.Random | None = None, clock: Clock = _now) -> None:
         self.book = book
         self.takes_plans = takes_plans
         self.requests = 0  # every request that reached the hub, good or bad
-        self.url = ""  # once started
         self._rng = rng or random.Random(0)
         self._clock = clock
         # Per device: the last document applied (for order and identical re-sends).
         self._held: dict[str, HubPlan | HubCommand | None] = dict.fromkeys(devices)
-        self._runner: web.AppRunner | None = None
         app = web.Application(middlewares=[self._count])
         app.router.add_post("/devices/{device}/commands", self._command)
         app.router.add_put("/devices/{device}/plan", self._plan if takes_plans else _no_plans)
         self.app = app
-
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Serve; returns the base URL."""
-        self._runner = web.AppRunner(self.app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        bound = self._runner.addresses[0]
-        self.url = f"http://{bound[0]}:{bound[1]}"
-        return self.url
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
     @web.middleware
     async def _count(self, request: web.Request, handler: Handler) -> web.StreamResponse:
