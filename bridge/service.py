@@ -12,7 +12,9 @@ it is no longer re-dispatched.
 
 During a LOAD_DISPATCH window the bridge re-dispatches every `redispatch_every` and at once when a
 channel reports a device unavailable: devices that failed, went offline or deviate lose their
-share, which goes to others (`policies.dispatch.redispatch`).
+share, which goes to others (`policies.dispatch.redispatch`). A storage site on a price plan is
+planned again when what its plan does not control (load less PV) leaves the forecast the plan
+was made on by more than `replan_margin_kw`, at most once per price step.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from typing import Protocol
 
 from policies.dispatch import Allocation, redispatch
 from policies.plans import (
-    OPEN_END, DeviceView, Forecast, Planned, dispatch_plan, dispatch_step, interval_target,
-    plans_for_signal)
+    OPEN_END, PRICE_STEP, DeviceView, Forecast, Planned, dispatch_plan, dispatch_step,
+    interval_target, plans_for_signal)
+from policies.price_plan import needs_replan
 from ven.fleet import FleetSpec
 from ven.records import GridSignal, SignalInterval
 
@@ -72,6 +75,17 @@ class _Tracked:
     plans: dict[str, Plan] = field(default_factory=dict)  # the latest one sent, per device
 
 
+@dataclass(slots=True, kw_only=True)
+class _Priced:
+    """A storage site on a price plan: the forecast it was planned on, to spot deviations."""
+
+    ven: str
+    key: SignalKey
+    start: datetime
+    forecast_kw: list[float]  # the site's import no plan moves (load - PV), per PRICE_STEP
+    replanned: datetime | None = None  # at most one re-plan per price step: no thrashing
+
+
 @dataclass(slots=True)
 class _VenPlans:
     signals: dict[SignalKey, GridSignal] = field(default_factory=dict)
@@ -102,7 +116,7 @@ class Bridge:
                  forecast: Forecast, *, clock: Callable[[], datetime], seed: int | None = None,
                  redispatch_every: timedelta = timedelta(minutes=5),
                  sample_every: timedelta = timedelta(minutes=1),
-                 deviation_margin: float = 0.2) -> None:
+                 deviation_margin: float = 0.2, replan_margin_kw: float = 0.5) -> None:
         self.store = store
         self.outlet = outlet
         self.views = views
@@ -111,6 +125,7 @@ class Bridge:
         self.redispatch_every = redispatch_every
         self.sample_every = sample_every
         self.deviation_margin = deviation_margin
+        self.replan_margin_kw = replan_margin_kw
         self.devices = {ven.name: devices_of(ven) for ven in fleet.vens}
         self._by_id = {d.device_id: d for ds in self.devices.values() for d in ds}
         self._rng = random.Random(seed)
@@ -122,6 +137,7 @@ class Bridge:
                 self._vens[ven].devices[signal_key(signal)] = device_ids
         self._windows: dict[SignalKey, _Window] = {}
         self._events: dict[str, _Tracked] = {}
+        self._priced: dict[str, _Priced] = {}
         self.unavailable: set[str] = set()
         self._last_sample = clock()
         self._inbox: asyncio.Queue[tuple[str, tuple[GridSignal, ...]]] = asyncio.Queue()
@@ -169,6 +185,7 @@ class Bridge:
                     await self._redispatch(key, window)
             if now - self._last_sample >= self.sample_every:
                 self.sample(now)
+                await self.replan_deviations(now)
 
     def sample(self, now: datetime) -> list[PowerSample]:
         """Record each tracked event's requested and delivered power; stop tracking an event
@@ -239,7 +256,55 @@ class Bridge:
                 ven=ven, signal=signal, devices=tuple(devices),
                 fleet_kw=sum(v.state.current_kw for v in views.values()),
                 allocations=list(result.allocations))
+        self._watch_forecasts(ven, key, result.plans)
         return await self._send(result.plans, now)
+
+    def _watch_forecasts(self, ven: str, key: SignalKey, planned: Sequence[Planned],
+                         replanned: datetime | None = None) -> None:
+        """Remember the forecast each storage site's price plan was made on."""
+        if self._vens[ven].signals[key].signal_name.upper() != "ELECTRICITY_PRICE":
+            return
+        for p in planned:
+            device = self._by_id[p.plan.device_id]
+            if device.capacity_kwh > 0 and device.rated_export_kw > 0:
+                steps = max(1, -(-(p.plan.end - p.plan.start) // PRICE_STEP))
+                pv, load = self.forecast(device, p.plan.start, PRICE_STEP, steps)
+                self._priced[device.device_id] = _Priced(
+                    ven=ven, key=key, start=p.plan.start, replanned=replanned,
+                    forecast_kw=[lo - pv_kw for pv_kw, lo in zip(pv, load)])
+
+    async def replan_deviations(self, now: datetime) -> list[PlanRecord]:
+        """Plan again, from now, each storage site whose import outside the plan's control has
+        left its forecast by more than `replan_margin_kw` (`policies.price_plan.needs_replan`)."""
+        watched = {}
+        for device_id, priced in list(self._priced.items()):
+            step = (now - priced.start) // PRICE_STEP
+            if step >= len(priced.forecast_kw) or priced.key not in self._vens[priced.ven].signals:
+                del self._priced[device_id]
+            elif step >= 0 and (priced.replanned is None
+                                or now - priced.replanned >= PRICE_STEP):
+                watched[device_id] = (priced, priced.forecast_kw[step])
+        if not watched:
+            return []
+        views = self._views([self._by_id[d] for d in watched], now)
+        records = []
+        for device_id, (priced, forecast_kw) in watched.items():
+            view = views[device_id]
+            if not view.state.available or not needs_replan(
+                    [forecast_kw], [view.uncontrolled_kw], margin=self.replan_margin_kw):
+                continue
+            signal = self._vens[priced.ven].signals[priced.key]
+            result = plans_for_signal(
+                signal, {device_id: view}, sequences={device_id: self._sequences.get(
+                    device_id, 0) + 1}, issuer=priced.ven, now=now, rng=self._rng,
+                forecast=self.forecast)
+            for p in result.plans:
+                self._sequences[device_id] = p.plan.sequence
+            log.info("re-plan of %s: import outside the plan %.2f kW, forecast %.2f kW",
+                     device_id, view.uncontrolled_kw, forecast_kw)
+            self._watch_forecasts(priced.ven, priced.key, result.plans, replanned=now)
+            records += await self._send(result.plans, now)
+        return records
 
     async def _send(self, planned: Sequence[Planned], now: datetime) -> list[PlanRecord]:
         records = []

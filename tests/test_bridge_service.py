@@ -48,6 +48,7 @@ class Devices:
 
     def __init__(self, outlet: Outlet) -> None:
         self.outlet = outlet
+        self.uncontrolled_kw: dict[str, float] = {}  # load less PV behind a site's meter
 
     def __call__(self, devices: Sequence[Device], now: datetime) -> Mapping[str, DeviceView]:
         caps = {d.plan.device_id: d.plan.steps[0].level for d in self.outlet.sent}
@@ -55,9 +56,11 @@ class Devices:
         for d in devices:
             cap = caps.get(d.device_id)
             current = 0.6 * d.rated_import_kw * (1 if cap is None else min(1, cap / 60))
-            views[d.device_id] = DeviceView(state=DeviceState(
-                device=d, available=True, current_kw=current, flex_down_kw=current,
-                flex_up_kw=d.rated_import_kw - current))
+            views[d.device_id] = DeviceView(
+                state=DeviceState(device=d, available=True, current_kw=current,
+                                  flex_down_kw=current, flex_up_kw=d.rated_import_kw - current),
+                soc=0.5 if d.capacity_kwh else None,
+                uncontrolled_kw=self.uncontrolled_kw.get(d.device_id, 1.0))
         return views
 
 
@@ -76,7 +79,13 @@ def signal(name: str, type_: str, *values: float, mod: int = 0, minutes: int = 3
 def bridge(tmp_path: object) -> Bridge:
     store = BridgeStore(create_engine("sqlite://"))
     out = Outlet()
-    return Bridge(FLEET, store, out, Devices(out), lambda *a: ((), ()), clock=lambda: T0, seed=1)
+    return Bridge(FLEET, store, out, Devices(out), flat_forecast, clock=lambda: T0, seed=1)
+
+
+def flat_forecast(device: Device, start: datetime, step: timedelta, n: int
+                  ) -> tuple[list[float], list[float]]:
+    """No PV, 1 kW of household load."""
+    return [0.0] * n, [1.0] * n
 
 
 def outlet(bridge: Bridge) -> Outlet:
@@ -161,3 +170,25 @@ async def test_power_samples_compare_what_was_asked_with_what_devices_show(
     assert after[0].requested_kw == 0.0
     assert bridge.sample(T0 + 32 * M) == []
     assert bridge.store.power("e1") == during + after
+
+
+async def test_a_site_whose_load_leaves_the_forecast_is_planned_again(bridge: Bridge) -> None:
+    prices = dataclasses.replace(
+        signal("ELECTRICITY_PRICE", "price", 0.30, 0.05, 0.40, 0.10, resources=("hubless",)),
+        unit="GBP/kWh")
+    first = await bridge.update("agg", [prices])
+    assert len(first) == 2 and all(r.status is PlanStatus.DISPATCHED for r in first)
+    devices = bridge.views
+    assert isinstance(devices, Devices)
+    devices.uncontrolled_kw["agg/hubless/0"] = 1.4  # within the 0.5 kW margin
+    assert await bridge.replan_deviations(T0 + 10 * M) == []
+    devices.uncontrolled_kw["agg/hubless/0"] = 2.5  # the kettle and the oven: 1.5 kW over
+    again = await bridge.replan_deviations(T0 + 40 * M)
+    assert [(r.plan.device_id, r.plan.sequence) for r in again] == [("agg/hubless/0", 2)]
+    assert again[0].plan.start == T0 + 40 * M and again[0].status is PlanStatus.DISPATCHED
+    # at most once per half-hour price step, however long the deviation lasts
+    assert await bridge.replan_deviations(T0 + 50 * M) == []
+    assert len(await bridge.replan_deviations(T0 + 70 * M)) == 1
+    await bridge.update("agg", [])  # released: no longer watched
+    devices.uncontrolled_kw["agg/hubless/0"] = 5.0
+    assert await bridge.replan_deviations(T0 + 60 * M) == []
