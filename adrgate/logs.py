@@ -33,6 +33,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+_CHATTY: Final = ("ocpp", "websockets", "apscheduler")
+
+
 def configure(level: str, fmt: str) -> None:
     handler = logging.StreamHandler()
     if fmt == "json":
@@ -41,3 +44,7 @@ def configure(level: str, fmt: str) -> None:
         handler.addFilter(_Context())
         handler.setFormatter(logging.Formatter(_TEXT))
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    if logging.getLevelName(level) > logging.DEBUG:
+        # They log every message or connection at INFO: the bridge's channels would drown ours.
+        for chatty in _CHATTY:
+            logging.getLogger(chatty).setLevel(logging.WARNING)

@@ -14,7 +14,7 @@ class Served:
     _runner: web.AppRunner | None = None
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        self._runner = web.AppRunner(self.app)
+        self._runner = web.AppRunner(self.app, access_log=None)  # a simulator: no access log
         await self._runner.setup()
         await web.TCPSite(self._runner, host, port).start()
         bound = self._runner.addresses[0]
