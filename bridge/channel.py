@@ -10,7 +10,7 @@ moment is the command in force then, so a test checks the device, not the wire.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Final, Protocol
 
@@ -81,6 +81,7 @@ class Setpoint:
     power_kw: float | None = None  # CHARGE / DISCHARGE
     level: int | None = None  # LIMIT: import capped at this percent of rated
     energized: bool = True  # False: cease to energize (IEEE 2030.5 opModEnergize=false)
+    cap: int | None = None  # an override's cap on whatever the plan does, percent of rated
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -101,7 +102,11 @@ class CommandBook:
     """The commands each device has received, and which one is in force at a moment.
 
     In force at t: among the commands covering t, the lowest primacy; among equals the one
-    received last (a newer plan replaces an older one where they overlap).
+    received last (a newer plan replaces an older one where they overlap). An override (primacy
+    below PLAN_PRIMACY) caps rather than replaces: under a LIMIT override the plan in force still
+    runs, with its level, and any power it draws, capped at the override's level
+    (`Setpoint.cap`), so no plan can raise a device above the cap; a cease-to-energize override
+    stops it. Withdrawing the override restores the plan.
     """
 
     _by_device: dict[str, list[Command]] = field(default_factory=dict)
@@ -126,17 +131,35 @@ class CommandBook:
         return tuple(self._by_device.get(device_id, ()))
 
     def active(self, device_id: str, at: datetime) -> Command | None:
-        best: Command | None = None
+        plan: Command | None = None
+        override: Command | None = None
         for c in self._by_device.get(device_id, ()):
-            if c.start <= at and (c.end is None or at < c.end) and (
-                    best is None or (c.primacy, -c.received_at.timestamp())
-                    <= (best.primacy, -best.received_at.timestamp())):
-                best = c
-        return best
+            if c.start <= at and (c.end is None or at < c.end):
+                if c.primacy < PLAN_PRIMACY:
+                    override = _better(c, override)
+                else:
+                    plan = _better(c, plan)
+        if override is None or plan is None or not override.setpoint.energized \
+                or override.setpoint.level is None:
+            return override or plan
+        cap = override.setpoint.level
+        sp = plan.setpoint
+        capped = replace(sp, cap=min(cap, sp.cap if sp.cap is not None else 100),
+                         level=None if sp.level is None else min(sp.level, cap))
+        return replace(plan, setpoint=capped, source=f"{plan.source} capped by {override.source}",
+                       primacy=override.primacy)
 
     def setpoint(self, device_id: str, at: datetime) -> Setpoint | None:
         command = self.active(device_id, at)
         return None if command is None else command.setpoint
+
+
+def _better(c: Command, best: Command | None) -> Command:
+    """The lower primacy; among equals the one received last."""
+    if best is None or (c.primacy, -c.received_at.timestamp()) \
+            <= (best.primacy, -best.received_at.timestamp()):
+        return c
+    return best
 
 
 _DISPATCH: Final = TypeAdapter(Dispatch)

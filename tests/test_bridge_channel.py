@@ -47,7 +47,8 @@ def test_newest_command_wins_where_plans_overlap_and_lower_primacy_beats_all() -
     assert book.setpoint("hw-1", T0 + H) == Setpoint(mode=Mode.LIMIT, level=60)
     assert book.setpoint("hw-1", T0 + 3 * H) == Setpoint(mode=Mode.LIMIT, level=30)
     book.record(command("override", 0, 5, 0, received=0, primacy=0))
-    assert book.active("hw-1", T0 + 3 * H).source == "override"  # type: ignore[union-attr]
+    assert book.active("hw-1", T0 + 3 * H).source == "plan-2 capped by override"  # type: ignore[union-attr]
+    assert book.setpoint("hw-1", T0 + 3 * H) == Setpoint(mode=Mode.LIMIT, level=0, cap=0)
     book.withdraw("hw-1", "override")
     assert book.active("hw-1", T0 + 3 * H).source == "plan-2"  # type: ignore[union-attr]
     assert book.setpoint("hw-1", T0 - H) is None
@@ -63,3 +64,20 @@ def test_pruning_forgets_only_commands_that_have_ended() -> None:
     book.prune(T0 + 2 * H)
     assert [c.source for c in book.commands("hw-1")] == ["open", "later"]
     assert book.setpoint("hw-1", T0 + 2 * H) == Setpoint(mode=Mode.LIMIT, level=20)
+
+
+def test_an_override_caps_the_plan_and_never_raises_it() -> None:
+    book = CommandBook()
+    book.record(command("plan", 0, 4, 30, received=1))
+    book.record(command("cap", 0, 2, 50, received=2, primacy=0))
+    assert book.setpoint("hw-1", T0 + H) == Setpoint(mode=Mode.LIMIT, level=30, cap=50)
+    assert book.setpoint("hw-1", T0 + 3 * H) == Setpoint(mode=Mode.LIMIT, level=30)  # lifted
+    charging = Command(device_id="hw-1", setpoint=Setpoint(mode=Mode.CHARGE, power_kw=3.0),
+                       start=T0, end=None, source="charge", received_at=T0 + 3 * H)
+    book.record(charging)
+    assert book.setpoint("hw-1", T0 + H) == Setpoint(mode=Mode.CHARGE, power_kw=3.0, cap=50)
+    off = Command(device_id="hw-1", setpoint=Setpoint(mode=Mode.HOLD, energized=False),
+                  start=T0, end=None, source="off", received_at=T0 + 4 * H, primacy=0)
+    book.record(off)  # the newest override: cease to energize, whatever the plan
+    assert book.setpoint("hw-1", T0 + H) == Setpoint(mode=Mode.HOLD, energized=False)
+    assert book.setpoint("hw-2", T0 + H) is None

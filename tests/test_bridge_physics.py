@@ -530,3 +530,18 @@ def test_the_ven_report_engine_samples_the_fleet_on_two_grids() -> None:
                     spec, late, random.Random(1))
     (sample,) = take_samples(status, spec, sim, late)[1]
     assert sample.online and sample.value == pytest.approx(0.4)
+
+
+def test_an_override_cap_holds_a_charging_plan_under_it_until_lifted() -> None:
+    book = CommandBook()
+    order(book, EV, Setpoint(mode=Mode.CHARGE), T0, T0 + 3 * H)  # flat out
+    book.record(Command(device_id="ev-1", setpoint=Setpoint(mode=Mode.LIMIT, level=25),
+                        start=T0 + H, end=None, source="cmb", received_at=T0, primacy=0))
+    sim = fleet(EV, book=book)
+    sim.advance(T0 + 30 * MIN)
+    assert sim.telemetry("ev-1").power_kw == pytest.approx(EV.rated_import_kw)
+    sim.advance(T0 + H + 30 * MIN)
+    assert sim.telemetry("ev-1").power_kw == pytest.approx(EV.rated_import_kw / 4)
+    book.withdraw("ev-1", "cmb")  # lifted: the plan again
+    sim.advance(T0 + 2 * H)
+    assert sim.telemetry("ev-1").power_kw == pytest.approx(EV.rated_import_kw)

@@ -192,8 +192,12 @@ def _step(t: datetime, length: timedelta) -> _Step:
 
 
 def _power(sp: Setpoint, rated_kw: float) -> float:
-    """A CHARGE or DISCHARGE setpoint's power (None: rated), within 0..rated."""
-    return min(max(sp.power_kw if sp.power_kw is not None else rated_kw, 0.0), rated_kw)
+    """A CHARGE or DISCHARGE setpoint's power (None: rated), within 0..rated and an override's
+    cap (a cap is on import, so it only ever lowers charging)."""
+    power = min(max(sp.power_kw if sp.power_kw is not None else rated_kw, 0.0), rated_kw)
+    if sp.cap is not None and sp.mode is Mode.CHARGE:
+        return min(power, rated_kw * min(max(sp.cap, 0), 100) / 100)
+    return power
 
 
 def _cap(sp: Setpoint, device: Device) -> float:
