@@ -22,7 +22,7 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Final, TypedDict
 
 from bridge.models import Device, Mode, Plan, PlanStep
 from policies.dispatch import Allocation, DeviceState, Share, allocate
@@ -31,7 +31,7 @@ from policies.ladder import plan_for_signal
 from policies.price_plan import battery_pv_plan, ev_plan, hot_water_plan
 from policies.random_delay import random_delay
 from ven.fleet import DeviceClass
-from ven.records import GridSignal, SignalInterval
+from ven.records import GridSignal, Purpose, SignalInterval
 
 PRICE_STEP: Final = timedelta(minutes=30)
 OPEN_END: Final = timedelta(hours=1)  # how long a dispatch interval without an end is planned for
@@ -159,13 +159,24 @@ def _dispatch(signal: GridSignal, views: Sequence[DeviceView], *, sequences: Map
     return SignalPlans(plans=tuple(planned), allocations=tuple(allocations))
 
 
+class _PlanArgs(TypedDict):
+    """What every price policy takes besides the device and its data."""
+
+    sequence: int
+    issuer: str
+    purpose: Purpose
+    priority: int
+    rng: random.Random
+    event_id: str | None
+
+
 def _price_plan(signal: GridSignal, view: DeviceView, *, sequence: int, issuer: str,
                 now: datetime, rng: random.Random, forecast: Forecast
                 ) -> tuple[Plan | None, str]:
     device = view.state.device
     prices = signal.schedule(device.resource_id)
-    common = dict(sequence=sequence, issuer=issuer, purpose=signal.purpose,
-                  priority=signal.priority, rng=rng, event_id=signal.event_id)
+    common = _PlanArgs(sequence=sequence, issuer=issuer, purpose=signal.purpose,
+                       priority=signal.priority, rng=rng, event_id=signal.event_id)
     start = max(now, prices[0].start) if prices else now
     try:
         if device.capacity_kwh > 0 and device.rated_export_kw > 0 and view.soc is not None:
@@ -173,16 +184,16 @@ def _price_plan(signal: GridSignal, view: DeviceView, *, sequence: int, issuer: 
             steps = max(1, -(-(end - start) // PRICE_STEP))
             pv, load = forecast(device, start, PRICE_STEP, steps)
             return battery_pv_plan(device, prices, pv, load, soc=view.soc, step=PRICE_STEP,
-                                   start=start, **common), ""  # type: ignore[arg-type]
+                                   start=start, **common), ""
         if device.device_class is DeviceClass.EV and view.departure is not None \
                 and view.energy_needed_kwh is not None:
             ev = ev_plan(device, prices, energy_kwh_needed=view.energy_needed_kwh, start=start,
                          departure=view.departure, step=PRICE_STEP,
-                         **common)  # type: ignore[arg-type]
+                         **common)
             return ev.plan, ev.reason
         if device.comfort_min_c is not None and view.temp_c is not None:
             return hot_water_plan(device, prices, temp_c=view.temp_c, start=start,
-                                  step=PRICE_STEP, **common), ""  # type: ignore[arg-type]
+                                  step=PRICE_STEP, **common), ""
     except ValueError as exc:
         return None, str(exc)
     return None, "no price policy for this device or no telemetry to plan from"
