@@ -102,9 +102,9 @@ def plan_controls(plan: Plan, device: Device, *, now: datetime,
     indices = range(len(plan.steps)) if steps is None else list(steps)
     if any(not 0 <= i < len(plan.steps) for i in indices):
         raise ValueError(f"no step {list(indices)} in a plan of {len(plan.steps)}")
-    return [_control(control_mrid(plan, i), plan.steps[i].start, plan.steps[i].end,
-                     step_base(plan.steps[i], device), now=now, randomize_s=randomize,
-                     description=f"{plan.plan_id}#{plan.sequence} step {i}")
+    return [der_control(control_mrid(plan, i), plan.steps[i].start, plan.steps[i].end,
+                        step_base(plan.steps[i], device), now=now, randomize_s=randomize,
+                        description=f"{plan.plan_id}#{plan.sequence} step {i}")
             for i in indices]
 
 
@@ -113,12 +113,14 @@ def cease_to_energize(device: Device, start: datetime, end: datetime, mrid: str,
     """A control telling the device to stop exchanging power (opModEnergize=false), no random
     start. Primacy belongs to the program, not the control: an override publishes it with
     `Ieee20305Server.publish(reach, [control], primacy)` at a primacy below PLAN_PRIMACY."""
-    return _control(mrid, start, end, DERControlBase(opModEnergize=False),
-                    now=now or _now(), randomize_s=0, description=f"cease {device.device_id}")
+    return der_control(mrid, start, end, DERControlBase(opModEnergize=False),
+                       now=now or _now(), randomize_s=0,
+                       description=f"cease {device.device_id}")
 
 
-def _control(mrid: str, start: datetime, end: datetime, base: DERControlBase, *, now: datetime,
-             randomize_s: int, description: str) -> DERControlResponse:
+def der_control(mrid: str, start: datetime, end: datetime, base: DERControlBase, *,
+                now: datetime, randomize_s: int, description: str) -> DERControlResponse:
+    """One DERControl of `base` over [start, end), `randomize_s` its randomizeStart."""
     status = EventStatusType.Active if start <= now else EventStatusType.Scheduled
     return DERControlResponse(
         mRID=mrid, description=description, creationTime=_epoch(now),
@@ -196,6 +198,22 @@ class Ieee20305Server(Served):
             program[control.mRID] = control
         return [c.mRID for c in new]
 
+    def cancel(self, reach: str, mrids: Iterable[str]) -> list[str]:
+        """Mark the device's held controls in `mrids` cancelled (EventStatus 2): on its next poll
+        the device withdraws them and answers 6. Returns the mRIDs that were still in force
+        (scheduled or active). KeyError: unknown device."""
+        device = self._devices[reach]
+        wanted, now = set(mrids), _epoch(self._clock())
+        cancelled = []
+        for program in device.programs.values():
+            for mrid in wanted & program.keys():
+                control = program[mrid]
+                if control.EventStatus_.currentStatus in ACTIVE:
+                    control.EventStatus_ = EventStatus(currentStatus=EventStatusType.Cancelled,
+                                                       dateTime=now, potentiallySuperseded=False)
+                    cancelled.append(mrid)
+        return cancelled
+
     def responses(self, reach: str, mrid: str) -> set[int]:
         return set(self._devices[reach].responses.get(mrid, ()))
 
@@ -203,12 +221,15 @@ class Ieee20305Server(Served):
         """Requests the device has made (polls and responses), good or bad."""
         return self._devices[reach].requests
 
-    async def received(self, reach: str, mrids: Iterable[str], timeout_s: float) -> None:
-        """Wait until the device has acknowledged every control in `mrids`. TimeoutError; a
-        rejection (status >= 252) raises ChannelError."""
+    async def received(self, reach: str, mrids: Iterable[str], timeout_s: float, *,
+                       status: int | None = None) -> None:
+        """Wait until the device has acknowledged every control in `mrids` (with `status`, if
+        given: e.g. 6, cancelled). TimeoutError; a rejection (status >= 252) raises
+        ChannelError."""
         wanted = list(mrids)
         def acknowledged() -> bool:
-            return all(self.responses(reach, m) for m in wanted)
+            return all(status in got if status is not None else got
+                       for got in (self.responses(reach, m) for m in wanted))
         async with self._responded:
             await asyncio.wait_for(self._responded.wait_for(acknowledged), timeout_s)
         rejected = {m: s for m in wanted for s in self.responses(reach, m)
