@@ -71,3 +71,16 @@ def test_bridge_dispatch_quick_signs_verifies_and_delivers_every_dispatch() -> N
     assert set(bridge_dispatch.ratios(results)) == {
         "frame_time_per_sign_time", "check_time_per_verify_time", "worker_rate_per_bare_rate"}
     assert "| 0 | worker | 50 | 50 | 0 |" in bridge_dispatch.report(results)
+
+
+def test_cmb_validation_quick_judges_every_plan_and_runs_the_monitors_through_a_day() -> None:
+    from bench import cmb_validation
+
+    results = cmb_validation.run(cmb_validation.parse_args(["--quick", "--seconds", "0.2"]))
+
+    i, m = results.inline, results.monitors
+    assert i.plans == 2000 and i.rate > 0 and 0 < i.rejected < i.plans
+    assert 0 < i.service_p50_ms <= i.service_p99_ms and i.latency_p99_ms >= i.latency_p50_ms > 0
+    assert (m.devices, m.changes, m.ticks) == (2000, 4000, 1440) and m.alerts == 0
+    assert m.observe_s > 0 and m.tick_s > 0 and m.bytes_per_device > 0
+    assert "| 2,000 | 4,000 |" in cmb_validation.report(results)
