@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from datetime import timedelta
@@ -99,10 +100,87 @@ def _run_api_command(args: argparse.Namespace) -> Any:
                     "programs": args.program, "groups": args.group, "resources": args.resource,
                     "party_id": args.party}
             return call(api, "POST", "/api/vens", body, token)
+        case "cmb", "verdicts":
+            return call(api, "GET", "/api/cmb/verdicts" + _query(
+                aggregator=args.aggregator, device_id=args.device, plan_id=args.plan,
+                limit=args.limit), token=token)
+        case "cmb", "alerts":
+            return call(api, "GET", "/api/cmb/alerts" + _query(
+                aggregator=args.aggregator, limit=args.limit), token=token)
+        case "cmb", "override":
+            return _cmb_override(args)
         case "report", "show":
             return call(api, "GET", f"/api/vens/{args.ven_id}/reports?limit={args.limit}",
                         token=token)
     raise ApiError(f"unknown command {args.command} {args.action}")
+
+
+def _query(**params: Any) -> str:
+    given = {k: v for k, v in params.items() if v is not None}
+    return "?" + urllib.parse.urlencode(given) if given else ""
+
+
+def _cmb_override(args: argparse.Namespace) -> Any:
+    api, token = args.api, args.token
+    match args.override_action:
+        case "create":
+            target = {"aggregator": args.aggregator, "network_area": args.area,
+                      "device_class": args.device_class, "devices": args.device}
+            body = {"target": target, "level": args.level, "energized": not args.deenergize,
+                    "reason": args.reason or "",
+                    "end": args.end}
+            return call(api, "POST", "/api/cmb/overrides", body, token)
+        case "list":
+            return call(api, "GET", "/api/cmb/overrides" + _query(status=args.status),
+                        token=token)
+        case "lift":
+            return call(api, "POST", f"/api/cmb/overrides/{args.override_id}/lift", {}, token)
+        case "apply":
+            return call(api, "POST", f"/api/cmb/overrides/{args.override_id}/apply", {}, token)
+    raise ApiError(f"unknown command cmb override {args.override_action}")
+
+
+def _cmb_parser(sub: Any, client: Any) -> None:
+    cmb = sub.add_parser(
+        "cmb", help="the Central Monitoring Body: plan verdicts, fleet alerts, control overrides",
+        description="Read what the CMB decided about submitted plans and what its fleet "
+                    "monitors raised, and cap devices through paths the aggregator does not "
+                    "control (a top-priority OpenADR event, SRV 7.16 Limit APC Level to SAPCs "
+                    "through the DCC, IEEE 2030.5 DERControl).")
+    cs = cmb.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = client(cs.add_parser("verdicts", help="recent plan verdicts, newest first: decision, "
+                                              "each failed rule with its value and threshold"))
+    p.add_argument("--aggregator", help="only this aggregator's plans")
+    p.add_argument("--device", help="only this device's plans")
+    p.add_argument("--plan", help="only this plan")
+    p.add_argument("--limit", type=int, default=50, help="how many (default 50)")
+    p = client(cs.add_parser("alerts", help="recent fleet-monitor alerts, newest first"))
+    p.add_argument("--aggregator", help="only this aggregator's alerts")
+    p.add_argument("--limit", type=int, default=50, help="how many (default 50)")
+    ov = cs.add_parser(
+        "override", help="create, list, lift (or apply a proposed) control override",
+        description="An override caps every device its target matches (all given criteria "
+                    "must hold) at LEVEL percent of rated import, with a primacy that beats "
+                    "every aggregator plan; lifting it restores the plans in force.")
+    os_ = ov.add_subparsers(dest="override_action", required=True, metavar="ACTION")
+    p = client(os_.add_parser("create", help="cap devices now, through every override path"))
+    p.add_argument("--aggregator", help="target: every device this aggregator plans")
+    p.add_argument("--area", help="target: every device in this network area")
+    p.add_argument("--device-class", help="target: devices of this class (ev, battery, ...)")
+    p.add_argument("--device", action="append", default=[],
+                   help="target: this device (repeatable)")
+    p.add_argument("--level", type=int, required=True,
+                   help="cap, percent of rated import (0: off)")
+    p.add_argument("--deenergize", action="store_true",
+                   help="also cease to energize inverters (IEEE 2030.5 opModEnergize=false)")
+    p.add_argument("--end", help="ISO 8601 end time (default: until lifted)")
+    p.add_argument("--reason", help="why, for the audit log")
+    p = client(os_.add_parser("list", help="overrides with status, devices and path results"))
+    p.add_argument("--status", choices=("proposed", "active", "lifted"))
+    client(os_.add_parser("lift", help="lift an active override (or dismiss a proposed one)")
+           ).add_argument("override_id")
+    client(os_.add_parser("apply", help="apply an override a monitor proposed")
+           ).add_argument("override_id")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--api", help="VTN base URL to add the VTN's view (e.g. http://127.0.0.1:8080)")
     tr.add_argument("--token", default=os.environ.get("ADRGATE_API_TOKEN"),
                     help="operator API bearer token (ADRGATE_API_TOKEN)")
+
+    _cmb_parser(sub, client)
 
     report = sub.add_parser("report", help="show report metadata, requests and values")
     rs = report.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -95,6 +95,13 @@ VARS: tuple[Var, ...] = (
     Var("sign_key", "ADRGATE_SIGN_KEY", Path, "private key for XML signatures (PEM)"),
     Var("require_signatures", "ADRGATE_REQUIRE_SIGNATURES", _bool, "reject unsigned payloads"),
     Var("api_token", "ADRGATE_API_TOKEN", str, "bearer token for the operator API; unset disables the check"),
+    Var("cmb", "ADRGATE_CMB", _bool,
+        "run the Central Monitoring Body beside the VTN (its API under /api/cmb/)"),
+    Var("cmb_aggregators", "ADRGATE_CMB_AGGREGATORS", Path,
+        "JSON file of the aggregators the CMB accepts plans from: {name: {public_key (PEM text or "
+        "file), fingerprint?, auto_response?, wait_programs?, override_level?}}"),
+    Var("cmb_tick", "ADRGATE_CMB_TICK", _seconds,
+        "how often the CMB's time-based monitors (area headroom, prognosis) run, seconds"),
     Var("log_level", "ADRGATE_LOG_LEVEL", str.upper, "|".join(LOG_LEVELS)),
     Var("log_format", "ADRGATE_LOG_FORMAT", _choice(LogFormat),
         "text, or json: one object per line with the VEN name and event fields as keys"),
@@ -133,6 +140,9 @@ class Settings:
     sign_key: Path | None = None
     require_signatures: bool = False
     api_token: str | None = field(default=None, repr=False)
+    cmb: bool = False
+    cmb_aggregators: Path | None = None
+    cmb_tick: timedelta = timedelta(seconds=10)
     log_level: str = "INFO"
     log_format: LogFormat = LogFormat.TEXT
 
@@ -152,6 +162,8 @@ class Settings:
         _all_or_none(self, ("tls_cert", "tls_key", "tls_ca"))
         _all_or_none(self, ("sign_cert", "sign_key"))
         _all_or_none(self, ("tls_ecc_cert", "tls_ecc_key"))
+        if self.cmb_tick <= timedelta(0):
+            raise _invalid("cmb_tick", "must be positive")
         if self.require_signatures and self.sign_key is None:
             raise _invalid("require_signatures",
                            f"needs {_ENV['sign_cert']} and {_ENV['sign_key']}: peers that sign expect signed replies")

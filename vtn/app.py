@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache, partial
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -24,6 +25,9 @@ from oadr.signing import ReplayCache, SigningKey, admit, sign, verifier
 
 from .handlers import Ctx, VtnConfig, VtnHandlers
 from .store import VtnStore
+
+if TYPE_CHECKING:
+    from .cmb.service import Cmb
 
 log = logging.getLogger("adrgate.vtn")
 
@@ -132,12 +136,17 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
                                  status=exc.status)
 
 
-def make_app(deps: VtnDeps) -> web.Application:
-    """Build the VTN application from its dependencies (stores, config, keys, clock)."""
+def make_app(deps: VtnDeps, cmb: Cmb | None = None) -> web.Application:
+    """Build the VTN application from its dependencies (stores, config, keys, clock); with `cmb`,
+    the Central Monitoring Body's API under /api/cmb/ too."""
     from .api import add_api_routes
 
     app = web.Application(client_max_size=deps.max_body_bytes, middlewares=[json_errors])
     app[DEPS] = deps
     app.router.add_post(OPENADR_PREFIX + "/{service:" + "|".join(SERVICES) + "}", openadr_view)
     add_api_routes(app)
+    if cmb is not None:
+        from .cmb.api import add_cmb_routes
+
+        add_cmb_routes(app, cmb)
     return app
