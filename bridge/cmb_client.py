@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Final
 
@@ -127,3 +127,40 @@ class CmbClient:
             return json.loads(text)
         except ValueError:
             raise CmbInvalid("the CMB's answer is not JSON", retryable=False) from None
+
+
+@dataclass
+class CmbReviewer:
+    """The bridge's view of the CMB: one client per aggregator (the plans' issuer), all signed
+    with the aggregator operator's key; each aggregator's wait list read once."""
+
+    url: str
+    key: PrivateKey
+    session: aiohttp.ClientSession
+    timeout: float = 10.0
+    _clients: dict[str, CmbClient] = field(default_factory=dict)
+    _wait: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def _client(self, aggregator: str) -> CmbClient:
+        if aggregator not in self._clients:
+            self._clients[aggregator] = CmbClient(self.url, aggregator, self.key, self.session,
+                                                  timeout=self.timeout)
+        return self._clients[aggregator]
+
+    async def immediate(self, plan: Plan, program: str | None) -> bool:
+        """Whether the plan may go out before its verdict (see `immediate`).
+
+        Raises:
+            CmbError: the policy could not be read.
+        """
+        if plan.issuer not in self._wait:
+            self._wait[plan.issuer] = await self._client(plan.issuer).policy()
+        return immediate(plan, program, self._wait[plan.issuer])
+
+    async def review(self, aggregator: str, items: Sequence[Item]) -> list[Verdict]:
+        """The CMB's verdicts on `items`, in order.
+
+        Raises:
+            CmbError: not judged (`retryable` says whether to send them again).
+        """
+        return [j.verdict for j in await self._client(aggregator).submit(items)]

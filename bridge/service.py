@@ -10,6 +10,11 @@ back to its day job. Planned signals are stored, so a restart neither plans them
 forgets to release them; a LOAD_DISPATCH window's allocation is not stored, so after a restart
 it is no longer re-dispatched.
 
+With a CMB (`reviewer`), every plan is also submitted to it: routine plans are dispatched only
+once accepted (a rejection is stored with the CMB's findings; a CMB that cannot be reached holds
+them and they are submitted again), response plans answering a dispatched event go at once and
+are judged alongside.
+
 During a LOAD_DISPATCH window the bridge re-dispatches every `redispatch_every` and at once when a
 channel reports a device unavailable: devices that failed, went offline or deviate lose their
 share, which goes to others (`policies.dispatch.redispatch`). A storage site on a price plan is
@@ -35,7 +40,11 @@ from policies.price_plan import needs_replan
 from ven.fleet import FleetSpec
 from ven.records import GridSignal, SignalInterval
 
+from vtn.cmb.records import Decision, Verdict
+from vtn.cmb.signing import Item
+
 from .channel import Dispatch
+from .cmb_client import CmbError
 from .inventory import devices_of
 from .models import Device, Mode, Plan, validate
 from .store import BridgeStore, PlanRecord, PlanStatus, PowerSample
@@ -45,6 +54,14 @@ log = logging.getLogger(__name__)
 
 SignalKey = tuple[str, int, str]  # event id, modification number, signal id
 Views = Callable[[Sequence[Device], datetime], Mapping[str, DeviceView]]
+
+
+class Reviewer(Protocol):
+    """The CMB's judgement of plans (bridge/cmb_client.py's CmbReviewer over the wire)."""
+
+    async def immediate(self, plan: Plan, program: str | None) -> bool: ...
+
+    async def review(self, aggregator: str, items: Sequence[Item]) -> list[Verdict]: ...
 
 
 class Outlet(Protocol):
@@ -116,7 +133,9 @@ class Bridge:
                  forecast: Forecast, *, clock: Callable[[], datetime], seed: int | None = None,
                  redispatch_every: timedelta = timedelta(minutes=5),
                  sample_every: timedelta = timedelta(minutes=1),
-                 deviation_margin: float = 0.2, replan_margin_kw: float = 0.5) -> None:
+                 deviation_margin: float = 0.2, replan_margin_kw: float = 0.5,
+                 reviewer: Reviewer | None = None,
+                 review_retry: timedelta = timedelta(seconds=10)) -> None:
         self.store = store
         self.outlet = outlet
         self.views = views
@@ -126,6 +145,10 @@ class Bridge:
         self.sample_every = sample_every
         self.deviation_margin = deviation_margin
         self.replan_margin_kw = replan_margin_kw
+        self.reviewer = reviewer
+        self.review_retry = review_retry
+        self._held: dict[str, tuple[PlanRecord, str | None]] = {}  # plan id -> record, program
+        self._reviews: set[asyncio.Task[None]] = set()
         self.devices = {ven.name: devices_of(ven) for ven in fleet.vens}
         self._by_id = {d.device_id: d for ds in self.devices.values() for d in ds}
         self._rng = random.Random(seed)
@@ -175,10 +198,13 @@ class Bridge:
 
     async def _tick(self) -> None:
         """Sample every `sample_every` of the clock, re-dispatch every `redispatch_every`."""
-        last_redispatch = self.clock()
+        last_redispatch = last_retry = self.clock()
         while True:
             await asyncio.sleep(0.1)
             now = self.clock()
+            if self._held and now - last_retry >= self.review_retry:
+                last_retry = now
+                await self.retry_held(now)
             if now - last_redispatch >= self.redispatch_every:
                 last_redispatch = now
                 for key, window in list(self._windows.items()):
@@ -257,7 +283,7 @@ class Bridge:
                 fleet_kw=sum(v.state.current_kw for v in views.values()),
                 allocations=list(result.allocations))
         self._watch_forecasts(ven, key, result.plans)
-        return await self._send(result.plans, now)
+        return await self._send(result.plans, now, signal.program)
 
     def _watch_forecasts(self, ven: str, key: SignalKey, planned: Sequence[Planned],
                          replanned: datetime | None = None) -> None:
@@ -303,10 +329,11 @@ class Bridge:
             log.info("re-plan of %s: import outside the plan %.2f kW, forecast %.2f kW",
                      device_id, view.uncontrolled_kw, forecast_kw)
             self._watch_forecasts(priced.ven, priced.key, result.plans, replanned=now)
-            records += await self._send(result.plans, now)
+            records += await self._send(result.plans, now, signal.program)
         return records
 
-    async def _send(self, planned: Sequence[Planned], now: datetime) -> list[PlanRecord]:
+    async def _send(self, planned: Sequence[Planned], now: datetime,
+                    program: str | None) -> list[PlanRecord]:
         records = []
         for p in planned:
             device = self._by_id[p.plan.device_id]
@@ -315,16 +342,105 @@ class Bridge:
                 plan=p.plan, device=device, created=now, reasons=reasons,
                 requested_kw=p.requested_kw,
                 status=PlanStatus.REFUSED if reasons else PlanStatus.DISPATCHED))
+        if self.reviewer is not None:
+            records = await self._review(records, program)
         self.store.save_plans(records)
+        await self._dispatch(records, now)
+        return records
+
+    async def _dispatch(self, records: Sequence[PlanRecord], now: datetime) -> None:
         self._track([r for r in records if r.status is PlanStatus.DISPATCHED], now)
         for r in records:
             if r.status is PlanStatus.REFUSED:
                 log.warning("plan %s refused: %s", r.plan.plan_id, "; ".join(r.reasons))
+            elif r.status is PlanStatus.HELD:
+                log.warning("plan %s held: %s", r.plan.plan_id, "; ".join(r.reasons))
             elif r.device.takes_plans:
                 await self.outlet.enqueue(Dispatch(plan=r.plan, device=r.device))
             else:
                 self.outlet.schedule(r.plan, r.device)
-        return records
+
+    # --- the CMB's review -----------------------------------------------------------------
+
+    async def _review(self, records: list[PlanRecord], program: str | None) -> list[PlanRecord]:
+        """Routine plans wait for the CMB's verdict; response plans answering a dispatched event
+        go out at once and are judged alongside. When the CMB cannot be reached, plans that must
+        wait are held (and submitted again every `review_retry`), never sent unchecked."""
+        reviewer = self.reviewer
+        assert reviewer is not None
+        valid = [r for r in records if r.status is PlanStatus.DISPATCHED]
+        at_once: list[PlanRecord] = []
+        waiting: list[PlanRecord] = []
+        for r in valid:
+            try:
+                go = await reviewer.immediate(r.plan, program)
+            except CmbError:
+                go = False  # no policy known: the safe side is to wait
+            (at_once if go else waiting).append(r)
+        if at_once:
+            task = asyncio.create_task(self._judge_dispatched(at_once, program))
+            self._reviews.add(task)
+            task.add_done_callback(self._reviews.discard)
+        judged = await self._judge(waiting, program)
+        return [judged.get(r.plan.plan_id, r) for r in records]
+
+    async def _judge(self, records: Sequence[PlanRecord], program: str | None
+                     ) -> dict[str, PlanRecord]:
+        """Each plan as the CMB judged it: unchanged if accepted, refused with the CMB's
+        findings, or held when it could not be judged."""
+        reviewer = self.reviewer
+        assert reviewer is not None
+        out: dict[str, PlanRecord] = {}
+        by_issuer: dict[str, list[PlanRecord]] = {}
+        for r in records:
+            by_issuer.setdefault(r.plan.issuer, []).append(r)
+        for issuer, mine in by_issuer.items():
+            try:
+                verdicts = await reviewer.review(
+                    issuer, [Item(plan=r.plan, device=r.device, program=program) for r in mine])
+            except CmbError as exc:
+                status = PlanStatus.HELD if exc.retryable else PlanStatus.REFUSED
+                for r in mine:
+                    out[r.plan.plan_id] = replace(r, status=status, reasons=(f"CMB: {exc}",))
+                    if status is PlanStatus.HELD:
+                        self._held[r.plan.plan_id] = (out[r.plan.plan_id], program)
+                continue
+            for r, v in zip(mine, verdicts):
+                self._held.pop(r.plan.plan_id, None)
+                out[r.plan.plan_id] = r if v.decision is Decision.ACCEPTED else replace(
+                    r, status=PlanStatus.REFUSED,
+                    reasons=tuple(f"CMB {f.rule}: {f.detail}" for f in v.findings))
+        return out
+
+    async def _judge_dispatched(self, records: Sequence[PlanRecord], program: str | None) -> None:
+        """The parallel check of plans already sent: a rejection is recorded with the plan."""
+        judged = await self._judge(records, program)
+        rejected = [replace(j, status=PlanStatus.DISPATCHED) for j in judged.values()
+                    if j.status is PlanStatus.REFUSED]
+        for r in rejected:
+            log.warning("plan %s went out and the CMB rejects it: %s", r.plan.plan_id,
+                        "; ".join(r.reasons))
+        for plan_id in [p for p in self._held if p in {r.plan.plan_id for r in records}]:
+            del self._held[plan_id]  # already out: nothing to hold back
+        self.store.save_plans(rejected)
+
+    async def retry_held(self, now: datetime) -> list[PlanRecord]:
+        """Submit held plans again; send those now accepted, drop those that have ended."""
+        for plan_id, (r, _) in list(self._held.items()):
+            if r.plan.end <= now:
+                del self._held[plan_id]
+        by_program: dict[str | None, list[PlanRecord]] = {}
+        for r, program in self._held.values():
+            by_program.setdefault(program, []).append(replace(r, status=PlanStatus.DISPATCHED,
+                                                              reasons=()))
+        records: list[PlanRecord] = []
+        for program, waiting in by_program.items():
+            judged = await self._judge(waiting, program)
+            records += [judged[r.plan.plan_id] for r in waiting]
+        decided = [r for r in records if r.status is not PlanStatus.HELD]
+        self.store.save_plans(decided)
+        await self._dispatch(decided, now)
+        return decided
 
     def _track(self, records: Sequence[PlanRecord], now: datetime) -> None:
         new = [r.device for r in records if r.plan.event_id is not None
@@ -360,7 +476,7 @@ class Bridge:
         self.store.save_plans([PlanRecord(plan=p, device=self._by_id[p.device_id],
                                           status=PlanStatus.SUPERSEDED, created=now)
                                for p in old.values()])
-        return await self._send(restores, now)
+        return await self._send(restores, now, signal.program)
 
     async def _redispatch(self, key: SignalKey, window: _Window) -> list[PlanRecord]:
         """Re-share the interval in force (and the ones after it) given the devices now."""
@@ -402,5 +518,5 @@ class Bridge:
         state = self._vens[window.ven]
         state.devices[key] = tuple(sorted(set(state.devices.get(key, ())) | set(changed)))
         self.store.save_signal(window.ven, window.signal, state.devices[key])
-        return await self._send(planned, now)
+        return await self._send(planned, now, window.signal.program)
 

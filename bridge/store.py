@@ -32,6 +32,7 @@ class PlanStatus(StrEnum):
     DISPATCHED = "dispatched"  # handed to its channel
     REFUSED = "refused"  # the device cannot execute it: never sent (reasons say why)
     SUPERSEDED = "superseded"  # a newer plan for the device replaced it
+    HELD = "held"  # waits for the CMB's verdict (the CMB could not be reached): sent once accepted
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -3,6 +3,7 @@ release their devices; an unavailable device's share goes to the others."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -14,11 +15,14 @@ from bridge.channel import Dispatch
 from bridge.models import Channel, Device, Mode, Plan
 from bridge.service import Bridge
 from bridge.store import BridgeStore, PlanStatus
+from bridge.cmb_client import CmbUnavailable
 from bridge.streams import DispatchResult, Outcome
 from policies.dispatch import DeviceState
 from policies.plans import DeviceView
 from ven.fleet import DeviceClass, FleetSpec, ResourceSpec, VenSpec
 from ven.records import GridSignal, Purpose, SignalInterval
+from vtn.cmb.records import Decision, Finding, Verdict
+from vtn.cmb.signing import Item
 
 T0 = datetime(2026, 11, 27, 17, tzinfo=UTC)
 M = timedelta(minutes=1)
@@ -192,3 +196,76 @@ async def test_a_site_whose_load_leaves_the_forecast_is_planned_again(bridge: Br
     await bridge.update("agg", [])  # released: no longer watched
     devices.uncontrolled_kw["agg/hubless/0"] = 5.0
     assert await bridge.replan_deviations(T0 + 60 * M) == []
+
+
+class Reviewer:
+    """A CMB that rejects the devices in `reject`, and is down while `down` is set."""
+
+    def __init__(self) -> None:
+        self.reject: set[str] = set()
+        self.down = False
+        self.judged: list[str] = []
+
+    async def immediate(self, plan: Plan, program: str | None) -> bool:
+        return plan.purpose is Purpose.RESPONSE and plan.event_id is not None
+
+    async def review(self, aggregator: str, items: Sequence[Item]) -> list[Verdict]:
+        if self.down:
+            raise CmbUnavailable("connection refused", retryable=True)
+        self.judged += [i.plan.plan_id for i in items]
+        return [Verdict(
+            plan_id=i.plan.plan_id, device_id=i.plan.device_id, aggregator=aggregator,
+            sequence=i.plan.sequence, at=T0,
+            decision=Decision.REJECTED if i.plan.device_id in self.reject else Decision.ACCEPTED,
+            findings=(Finding(rule="sender_owns_device", value=None, threshold=None,
+                              detail=f"{i.plan.device_id} is not yours"),)
+            if i.plan.device_id in self.reject else ()) for i in items]
+
+
+def reviewed(reviewer: Reviewer) -> Bridge:
+    out = Outlet()
+    return Bridge(FLEET, BridgeStore(create_engine("sqlite://")), out, Devices(out),
+                  flat_forecast, clock=lambda: T0, seed=1, reviewer=reviewer)
+
+
+async def test_routine_plans_go_out_only_once_the_cmb_accepts_them() -> None:
+    cmb = Reviewer()
+    cmb.reject = {"agg/tanks/1"}
+    bridge = reviewed(cmb)
+    routine = dataclasses.replace(signal("SIMPLE", "level", 2), purpose=Purpose.ROUTINE)
+    records = {r.plan.device_id: r for r in await bridge.update("agg", [routine])}
+    assert len(cmb.judged) == 5
+    assert records["agg/tanks/1"].status is PlanStatus.REFUSED
+    assert records["agg/tanks/1"].reasons == (
+        "CMB sender_owns_device: agg/tanks/1 is not yours",)
+    assert sorted(d.plan.device_id for d in outlet(bridge).sent) == [
+        f"agg/tanks/{i}" for i in (0, 2, 3, 4)]
+
+
+async def test_an_unreachable_cmb_holds_routine_plans_until_it_answers() -> None:
+    cmb = Reviewer()
+    cmb.down = True
+    bridge = reviewed(cmb)
+    routine = dataclasses.replace(signal("SIMPLE", "level", 2), purpose=Purpose.ROUTINE)
+    records = await bridge.update("agg", [routine])
+    assert {r.status for r in records} == {PlanStatus.HELD} and outlet(bridge).sent == []
+    assert bridge.store.plans(status=PlanStatus.HELD) == records  # nothing lost
+    assert await bridge.retry_held(T0) == []  # still down: still held
+    cmb.down = False
+    sent = await bridge.retry_held(T0 + M)
+    assert {r.status for r in sent} == {PlanStatus.DISPATCHED} and len(outlet(bridge).sent) == 5
+    assert bridge.store.plans(status=PlanStatus.HELD) == []
+
+
+async def test_response_plans_go_at_once_and_a_late_rejection_is_recorded() -> None:
+    cmb = Reviewer()
+    cmb.reject = {"agg/tanks/0"}
+    bridge = reviewed(cmb)
+    records = await bridge.update("agg", [signal("SIMPLE", "level", 2)])  # response DSR
+    assert {r.status for r in records} == {PlanStatus.DISPATCHED}
+    assert len(outlet(bridge).sent) == 5  # out before any verdict
+    await asyncio.gather(*bridge._reviews)
+    stored = {r.plan.device_id: r for r in bridge.store.plans(event_id="e1")}
+    assert stored["agg/tanks/0"].status is PlanStatus.DISPATCHED
+    assert stored["agg/tanks/0"].reasons == ("CMB sender_owns_device: agg/tanks/0 is not yours",)
+    assert stored["agg/tanks/2"].reasons == ()
