@@ -19,10 +19,12 @@ from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+import aiohttp
 import redis.asyncio
 from sqlalchemy import Engine
 
 from bridge.channel import Dispatch
+from bridge.cmb_client import CmbReviewer
 from bridge.inventory import devices_of
 from bridge.models import Device, Plan
 from bridge.scheduler import StepScheduler
@@ -34,6 +36,7 @@ from policies.plans import DeviceView
 from ven.fleet import FleetSpec
 from ven.runner import Fleet
 from ven.store import FleetStore
+from vtn.cmb.signing import PrivateKey
 
 log = logging.getLogger("adrgate.bridge")
 
@@ -52,6 +55,8 @@ class BridgeOptions:
     max_attempts: int = 5
     stream_prefix: str = DEFAULT_PREFIX
     seed: int | None = None
+    cmb_url: str | None = None  # submit every plan to this CMB (the VTN's base URL)
+    cmb_key: PrivateKey | None = None  # the aggregator operator's key registered there
 
 
 class _Outlet:
@@ -89,6 +94,10 @@ class AggregatorSide:
         client = redis.asyncio.Redis.from_url(self.redis_url, socket_timeout=10)
         async with AsyncExitStack() as stack:
             stack.push_async_callback(client.aclose)
+            reviewer = None
+            if self.options.cmb_url is not None and self.options.cmb_key is not None:
+                session = await stack.enter_async_context(aiohttp.ClientSession())
+                reviewer = CmbReviewer(self.options.cmb_url, self.options.cmb_key, session)
             now = self.clock()
             self.world = await start_world(self.devices, stack, start=now, clock=self.clock,
                                            options=self.options.world)
@@ -104,7 +113,7 @@ class AggregatorSide:
                                  self._views, self.world.physics.forecast, clock=self.clock,
                                  seed=self.options.seed,
                                  redispatch_every=self.options.redispatch_every,
-                                 sample_every=self.options.sample_every)
+                                 sample_every=self.options.sample_every, reviewer=reviewer)
             self.fleet = Fleet(self.spec, self.fleet_store, clock=self.clock,
                                telemetry=self.world.physics, seed=self.options.seed,
                                on_signals=self.bridge.on_signals)

@@ -19,6 +19,7 @@ from oadr import conformance
 from oadr.signing import InMemoryReplayCache, ReplayCache, SigningKey
 from vtn.api import OPERATOR
 from vtn.app import VtnDeps, make_app
+from vtn.cmb.service import Cmb
 from vtn.handlers import VtnConfig
 from vtn.operator import Operator
 from vtn.store import VtnStore
@@ -52,9 +53,11 @@ async def running_vtn(database_url: str = "sqlite://", *, ssl_context: ssl.SSLCo
                       signing_key: SigningKey | None = None, require_signatures: bool = False,
                       replay: ReplayCache | None = None, max_body_bytes: int = 1_048_576,
                       port: int = 0, middlewares: Sequence[Middleware] = (),
+                      cmb: Callable[[VtnStore], Cmb] | None = None,
                       **config: Any) -> AsyncIterator[Vtn]:
     """A VTN on 127.0.0.1 (a free port, or `port`) over a fresh or given database;
-    `middlewares` run before the VTN sees a request (fault injection)."""
+    `middlewares` run before the VTN sees a request (fault injection); `cmb` builds a Central
+    Monitoring Body on its store, served beside it."""
     store = VtnStore(make_engine(database_url))
     store.create_schema()
     config.setdefault("vtn_id", "TEST-VTN")
@@ -62,7 +65,7 @@ async def running_vtn(database_url: str = "sqlite://", *, ssl_context: ssl.SSLCo
                    replay=replay if replay is not None else InMemoryReplayCache(clock=utcnow),
                    signing_key=signing_key, require_signatures=require_signatures,
                    max_body_bytes=max_body_bytes)
-    app = make_app(deps)
+    app = make_app(deps, None if cmb is None else cmb(store))
     app.middlewares.extend(middlewares)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

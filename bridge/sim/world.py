@@ -53,6 +53,7 @@ class World:
     drivers: dict[Channel, Driver]
     dcc: DccSim | None = None
     central: CentralSystem | None = None
+    ieee_server: Ieee20305Server | None = None
     hubs: dict[str, HubSimulator] = field(default_factory=dict)
     charge_points: dict[str, ChargePointSim] = field(default_factory=dict)
     inverters: dict[str, SimInverter] = field(default_factory=dict)
@@ -114,6 +115,7 @@ async def start_world(devices: Sequence[Device], stack: AsyncExitStack, *, start
                                  poll_rate_s=max(1, round(options.inverter_poll_s)), clock=clock)
         url = await server.start()
         on_close(server.close)
+        world.ieee_server = server
         for d in inverters:
             inverter = SimInverter(url, d, book, period_s=options.inverter_poll_s, rng=rng,
                                    clock=clock)
