@@ -239,6 +239,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="DCC simulator latency with --bridge: realistic (a critical SAPC "
                           "command takes about 22 s, within the 25 s on-demand target) or "
                           "accelerated (100 times faster, for demos); default realistic")
+    ven.add_argument("--dcc-port", type=int, default=0, metavar="PORT",
+                     help="with --bridge: the DCC simulator's port on 127.0.0.1, so a CMB can "
+                          "reach the SAPCs through it (default: any free port)")
+    ven.add_argument("--dcc-load-controller", action="append", default=[],
+                     metavar="EUI64=PUBLIC_KEY.pem",
+                     help="with --bridge: a DCC user in the Load Controller role (the CMB, "
+                          "whose ADRGATE_CMB_DCC_USER/KEY match), allowed to send SRV 7.16 Limit "
+                          "APC Level; repeatable")
+    ven.add_argument("--cmb", metavar="URL",
+                     help="with --bridge: submit every plan to the CMB at URL (the VTN's base "
+                          "URL), signed with --cmb-key; routine plans wait for its verdict")
+    ven.add_argument("--cmb-key", type=Path, metavar="KEY.pem",
+                     help="the aggregator's private key (PEM) registered at the CMB")
     ven.add_argument("--redispatch-every", type=float, default=300.0, metavar="SECONDS",
                      help="with --bridge: re-dispatch open LOAD_DISPATCH windows this often "
                           "(default 300)")
@@ -321,12 +334,38 @@ def _run_local_command(args: argparse.Namespace) -> Any:
         from .bridgeproc import BridgeOptions
 
         bridge = BridgeOptions(
-            world=WorldOptions(dcc_latency=REALISTIC if args.dcc == "realistic" else ACCELERATED),
-            redispatch_every=timedelta(seconds=args.redispatch_every)) if args.bridge else None
+            world=WorldOptions(dcc_latency=REALISTIC if args.dcc == "realistic" else ACCELERATED,
+                               dcc_port=args.dcc_port,
+                               dcc_load_controllers=tuple(
+                                   _load_controller(v) for v in args.dcc_load_controller)),
+            redispatch_every=timedelta(seconds=args.redispatch_every), cmb_url=args.cmb,
+            cmb_key=_private_key(args.cmb_key) if args.cmb_key else None) \
+            if args.bridge else None
         venfleet.run(args.fleet, settings, bridge=bridge)
         return None
     return venfleet.status(args.fleet, settings) if args.action == "status" \
         else venfleet.signals(args.fleet, settings)
+
+
+def _load_controller(value: str) -> tuple[str, Any]:
+    """EUI64=PUBLIC_KEY.pem -> (EUI-64, its ECDSA public key). Raises ValueError."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    eui, sep, path = value.partition("=")
+    if not sep:
+        raise ValueError(f"--dcc-load-controller {value!r}: expected EUI64=PUBLIC_KEY.pem")
+    key = serialization.load_pem_public_key(Path(path).read_bytes())
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise ValueError(f"{path}: a DCC user signs with ECDSA P-256")
+    return eui, key
+
+
+def _private_key(path: Path) -> Any:
+    """A PEM private key (ECDSA or RSA). Raises ValueError / OSError."""
+    from cryptography.hazmat.primitives import serialization
+
+    return serialization.load_pem_private_key(path.read_bytes(), None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

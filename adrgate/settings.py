@@ -102,6 +102,12 @@ VARS: tuple[Var, ...] = (
         "file), fingerprint?, auto_response?, wait_programs?, override_level?}}"),
     Var("cmb_tick", "ADRGATE_CMB_TICK", _seconds,
         "how often the CMB's time-based monitors (area headroom, prognosis) run, seconds"),
+    Var("cmb_dcc_url", "ADRGATE_CMB_DCC_URL", str,
+        "the DCC (simulator) the CMB sends SRV 7.16 Limit APC Level through; unset: no SAPC path"),
+    Var("cmb_dcc_user", "ADRGATE_CMB_DCC_USER", str,
+        "the CMB's EUI-64 as a DCC user in the Load Controller role"),
+    Var("cmb_dcc_key", "ADRGATE_CMB_DCC_KEY", Path,
+        "the CMB's ECDSA P-256 private key (PEM) for signing DCC service requests"),
     Var("log_level", "ADRGATE_LOG_LEVEL", str.upper, "|".join(LOG_LEVELS)),
     Var("log_format", "ADRGATE_LOG_FORMAT", _choice(LogFormat),
         "text, or json: one object per line with the VEN name and event fields as keys"),
@@ -143,6 +149,9 @@ class Settings:
     cmb: bool = False
     cmb_aggregators: Path | None = None
     cmb_tick: timedelta = timedelta(seconds=10)
+    cmb_dcc_url: str | None = None
+    cmb_dcc_user: str | None = None
+    cmb_dcc_key: Path | None = None
     log_level: str = "INFO"
     log_format: LogFormat = LogFormat.TEXT
 
@@ -162,6 +171,7 @@ class Settings:
         _all_or_none(self, ("tls_cert", "tls_key", "tls_ca"))
         _all_or_none(self, ("sign_cert", "sign_key"))
         _all_or_none(self, ("tls_ecc_cert", "tls_ecc_key"))
+        _all_or_none(self, ("cmb_dcc_url", "cmb_dcc_user", "cmb_dcc_key"))
         if self.cmb_tick <= timedelta(0):
             raise _invalid("cmb_tick", "must be positive")
         if self.require_signatures and self.sign_key is None:

@@ -10,9 +10,18 @@ from pathlib import Path
 import redis.asyncio
 from aiohttp import web
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from bridge.sapc import SapcDriver
 from oadr.signing import SigningKey
+from vtn.api import OPERATOR
 from vtn.app import VtnDeps, make_app
+from vtn.cmb.api import cmb_beside
+from vtn.cmb.override import OpenAdrPath, OverrideExecutor, SapcPath
+from vtn.cmb.service import Cmb, CmbConfig
 from vtn.handlers import VtnConfig
+from vtn.operator import Operator
 from vtn.store import VtnStore
 
 from .replay import RedisReplayCache
@@ -55,6 +64,30 @@ def build_deps(settings: Settings, stack: ExitStack) -> tuple[VtnDeps, redis.asy
     return deps, client
 
 
+def build_cmb(settings: Settings, deps: VtnDeps) -> Cmb:
+    """The Central Monitoring Body on the VTN's database (ADRGATE_CMB*).
+
+    Raises:
+        OSError / ValueError: the aggregators file is unreadable or malformed.
+    """
+    return cmb_beside(deps.store, now=deps.clock(), profiles_file=settings.cmb_aggregators,
+                      config=CmbConfig(tick_every=settings.cmb_tick))
+
+
+def override_executor(settings: Settings, operator: Operator) -> OverrideExecutor:
+    """The CMB's override paths: the OpenADR event always; SRV 7.16 through the DCC when
+    ADRGATE_CMB_DCC_URL/USER/KEY are set. (IEEE 2030.5 devices are reached through the server
+    their inverters poll, which runs with the bridge.)"""
+    sapc = None
+    if settings.cmb_dcc_url and settings.cmb_dcc_user and settings.cmb_dcc_key:
+        key = serialization.load_pem_private_key(Path(settings.cmb_dcc_key).read_bytes(), None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ValueError(f"{settings.cmb_dcc_key}: the DCC needs an ECDSA P-256 key")
+        sapc = SapcPath(SapcDriver(user_eui=settings.cmb_dcc_user, key=key,
+                                   dcc_url=settings.cmb_dcc_url))
+    return OverrideExecutor(openadr=OpenAdrPath(operator), sapc=sapc)
+
+
 def close_on_cleanup(app: web.Application, client: redis.asyncio.Redis) -> None:
     """Close `client` when `app` shuts down, on the app's event loop (its connections belong to
     that loop), before `web.run_app` returns and the ExitStack stops the embedded Redis."""
@@ -69,7 +102,10 @@ def serve(settings: Settings) -> None:
     """Run the VTN until interrupted."""
     with ExitStack() as stack:
         deps, client = build_deps(settings, stack)
-        app = make_app(deps)
+        cmb = build_cmb(settings, deps) if settings.cmb else None
+        app = make_app(deps, cmb)
+        if cmb is not None:
+            cmb.executor = override_executor(settings, app[OPERATOR])
         close_on_cleanup(app, client)
         ssl_ctx = None
         if settings.secure:

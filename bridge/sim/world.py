@@ -44,6 +44,9 @@ class WorldOptions:
     inverter_poll_s: float = 5.0
     meter_interval_s: float = 60.0
     seed: int = 0
+    dcc_port: int = 0  # 0: any free port
+    # Other DCC users in the Load Controller role (the CMB): (EUI-64, ECDSA public key)
+    dcc_load_controllers: tuple[tuple[str, ec.EllipticCurvePublicKey], ...] = ()
 
 
 @dataclass(slots=True)
@@ -80,7 +83,10 @@ async def start_world(devices: Sequence[Device], stack: AsyncExitStack, *, start
                            capacity_per_minute=options.dcc_capacity_per_minute)
         world.dcc.add_user(ServiceUser(eui=BRIDGE_DCC_USER, key=key.public_key(),
                                        roles=frozenset({Role.SUPPLIER})))
-        url = await world.dcc.start()
+        for eui, public in options.dcc_load_controllers:
+            world.dcc.add_user(ServiceUser(eui=eui, key=public,
+                                           roles=frozenset({Role.LOAD_CONTROLLER})))
+        url = await world.dcc.start(port=options.dcc_port)
         on_close(world.dcc.close)
         sapc_driver = SapcDriver(user_eui=BRIDGE_DCC_USER, key=key, dcc_url=url,
                                  timeout=options.channel_timeout_s, clock=clock)
