@@ -302,3 +302,17 @@ async def test_a_time_based_alert_about_an_area_caps_the_area_where_configured(
                                tuple(r.device_id for r in FLEET), 30)]
     assert [e.action for e in store.audit() if e.actor == "cmb"] == [
         "alert", "override_applied", "override_paths"]
+
+
+async def test_an_automatic_override_reaches_the_devices_the_alert_names_first(
+        store: CmbStore) -> None:
+    executor = FakeExecutor()
+    cmb = make_cmb(store, auto=("same_minute_share",), executor=executor)
+    # three of agg-a's four devices switch in the same second; ev-0 is not among them
+    await cmb.submit([submission(plan(r.device_id, 1), r) for r in FLEET[1:4]], T0)
+    await cmb.settle()
+    [alert] = [a for a in store.alerts() if a.monitor == "same_minute_share"]
+    assert set(alert.devices) == {"ev-1", "ev-2", "ev-3"}
+    [active] = cmb.overrides(OverrideStatus.ACTIVE)
+    assert active.override.devices[-1] == "ev-0"  # the whole aggregator, suspects first
+    assert set(active.override.devices[:3]) == set(alert.devices)

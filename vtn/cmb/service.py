@@ -335,7 +335,7 @@ class Cmb:
                      reason=f"{alert.monitor}: {alert.detail}",
                      created_by=f"auto:{alert.alert_id}", created=now,
                      status=OverrideStatus.ACTIVE if auto else OverrideStatus.PROPOSED)
-        return self._resolved(o) if auto else o
+        return self._resolved(o, first=alert.devices) if auto else o
 
     def _alert_audit(self, alerts: Sequence[Alert], overrides: Sequence[Override],
                      now: datetime) -> list[AuditEntry]:
@@ -361,9 +361,13 @@ class Cmb:
 
     # --- overrides ----------------------------------------------------------------------
 
-    def _resolved(self, o: Override) -> Override:
-        devices = resolve(o.target, self._registry.values())
-        return replace(o, devices=tuple(d.device_id for d in devices))
+    def _resolved(self, o: Override, first: Sequence[str] = ()) -> Override:
+        """The override with its devices, those in `first` (the ones an alert names) leading:
+        the paths reach devices in this order, so the suspects are capped first."""
+        targeted = [d.device_id for d in resolve(o.target, self._registry.values())]
+        suspects = set(first).intersection(targeted)
+        ordered = [d for d in first if d in suspects] + [d for d in targeted if d not in suspects]
+        return replace(o, devices=tuple(dict.fromkeys(ordered)))
 
     def _devices(self, o: Override) -> list[DeviceRegistration]:
         return [self._registry[d] for d in o.devices if d in self._registry]
