@@ -16,6 +16,11 @@ up to 10 min), observed in batches of 1,000 changes as plans would be accepted, 
 simulated minute of the day. Timed without tracing; memory (tracemalloc, net of the changes given
 in): what the monitors hold after the day and the peak while observing.
 
+Through the service: the same plans submitted to `vtn.cmb.service.Cmb.submit` in batches of
+`--batch`, as fast as it takes them for `--service-seconds`, over a SQLite file: the rules plus
+what the CMB writes for each plan (its verdict, its sequence, an audit entry) in one transaction
+per batch. Plans/s and the time per batch.
+
 Baseline in the same process: a reference loop (a dict of a million int keys, built and summed),
 so times read as "x reference loops" as well as seconds.
 """
@@ -23,16 +28,19 @@ so times read as "x reference loops" as well as seconds.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import random
 import statistics
+import tempfile
 import time
 import tracemalloc
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from adrgate.services import make_engine
 from bench.bridge_plans import reference_seconds
 from bench.results import publish
 from bridge.models import Channel, Device, Mode, Plan, PlanStep
@@ -40,6 +48,8 @@ from policies.cmb_monitors import FleetMonitors, MonitorConfig
 from policies.cmb_rules import PlanContext, verdict
 from ven.fleet import DeviceClass
 from ven.records import Purpose
+from vtn.cmb.service import Cmb
+from vtn.cmb.store import CmbStore
 from vtn.cmb.records import (Decision, DeviceRegistration, Override, OverrideTarget,
                              PlanSubmission, StateChange, Tariff)
 
@@ -204,9 +214,50 @@ def monitor_cost(n: int, seed: int) -> MonitorRun:
 
 
 @dataclass(frozen=True, slots=True)
+class ServiceRun:
+    plans: int
+    batch: int
+    rate: float
+    batch_p50_ms: float
+    batch_p99_ms: float
+
+
+def through_service(batch: int, seconds: float, seed: int) -> ServiceRun:
+    """`Cmb.submit` over a SQLite file, batch after batch, for `seconds`."""
+    rng = random.Random(seed)
+    subs = [submission(i, rng) for i in range(_POOL)]
+    with tempfile.TemporaryDirectory() as tmp:
+        store = CmbStore(make_engine(f"sqlite:///{tmp}/cmb.db"))
+        store.create_schema()
+        cmb = Cmb(store)
+        cmb.put_devices([registration(i) for i in range(_POOL)], "bench", T0)
+        times: list[float] = []
+
+        async def submit_all() -> None:
+            start = time.perf_counter()
+            b = 0
+            while time.perf_counter() - start < seconds:
+                chunk = [replace(s, plan=replace(s.plan, sequence=s.plan.sequence + 2 * b))
+                         for s in subs[(b * batch) % _POOL:(b * batch) % _POOL + batch]]
+                before = time.perf_counter()
+                await cmb.submit(chunk, T0)
+                times.append(time.perf_counter() - before)
+                b += 1
+
+        asyncio.run(submit_all())
+        store.engine.dispose()
+    plans = len(times) * batch
+    return ServiceRun(plans=plans, batch=batch, rate=plans / sum(times),
+                      batch_p50_ms=statistics.median(times) * 1000,
+                      batch_p99_ms=statistics.quantiles(times, n=100)[98] * 1000
+                      if len(times) > 1 else times[0] * 1000)
+
+
+@dataclass(frozen=True, slots=True)
 class Results:
     inline: InlineRun
     monitors: MonitorRun
+    service: ServiceRun
 
 
 def report(r: Results) -> str:
@@ -227,7 +278,12 @@ def report(r: Results) -> str:
         "|---|---|---|---|---|---|---|---|",
         (f"| {m.devices:,} | {m.changes:,} | {m.observe_s:.2f} | {m.tick_s:.2f} | "
          f"{m.in_references:.1f} | {m.alerts} | {m.bytes_per_device / 1024:.2f} | "
-         f"{m.peak_bytes_per_device / 1024:.2f} |")])
+         f"{m.peak_bytes_per_device / 1024:.2f} |"),
+        "",
+        "| through the service (SQLite) | plans | batch | plans/s | batch p50 / p99 ms |",
+        "|---|---|---|---|---|",
+        (f"| Cmb.submit | {r.service.plans:,} | {r.service.batch} | {r.service.rate:,.0f} | "
+         f"{r.service.batch_p50_ms:.1f} / {r.service.batch_p99_ms:.1f} |")])
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -236,18 +292,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--devices", type=int, default=100_000)
+    p.add_argument("--service-seconds", type=float, default=5.0)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="a second of plans, 2,000 devices")
     p.add_argument("--json", type=Path, help="also write the results here")
     opts = p.parse_args(argv)
     if opts.quick:
         opts.seconds, opts.devices = min(opts.seconds, 1.0), min(opts.devices, 2000)
+        opts.service_seconds = min(opts.service_seconds, 0.5)
     return opts
 
 
 def run(opts: argparse.Namespace) -> Results:
     return Results(inline=inline(opts.rate, opts.batch, opts.seconds, opts.seed),
-                   monitors=monitor_cost(opts.devices, opts.seed))
+                   monitors=monitor_cost(opts.devices, opts.seed),
+                   service=through_service(opts.batch, opts.service_seconds, opts.seed))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -257,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             {"service_p50_per_reference": r.inline.service_p50_ms / 1000
              / r.inline.reference_seconds,
              "monitor_day_per_reference": r.monitors.in_references},
-            [r.inline, r.monitors])
+            [r.inline, r.monitors, r.service])
 
 
 if __name__ == "__main__":

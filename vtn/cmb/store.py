@@ -15,9 +15,10 @@ from enum import StrEnum
 from typing import Any, Final
 
 from pydantic import TypeAdapter
-from sqlalchemy import Engine
+from sqlalchemy import Engine, insert
 from sqlmodel import Session, SQLModel, col, select
 
+from ven.store import upsert_values
 from vtn.tables import as_utc
 
 from .records import Alert, DeviceRegistration, Override, OverrideStatus, Prognosis, Tariff, Verdict
@@ -157,18 +158,22 @@ class CmbStore:
         """Everything one batch caused, in one transaction: verdicts, the devices' new highest
         accepted sequences, alerts, the overrides they proposed or applied, the audit entries."""
         with self._tx() as s:
-            for j in judged:
-                v = j.verdict
-                s.add(CmbVerdictRow(plan_id=v.plan_id, device_id=v.device_id,
-                                    aggregator=v.aggregator, decision=str(v.decision),
-                                    release=str(j.release), at=v.at,
-                                    body=_VERDICT.dump_python(v, mode="json")))
-            for device_id, sequence in advanced.items():
-                s.merge(CmbSequenceRow(device_id=device_id, sequence=sequence))
+            # executemany inserts, not ORM objects: a batch of plans is the CMB's hot path
+            if judged:
+                s.execute(insert(CmbVerdictRow.__table__), [{  # type: ignore[attr-defined]
+                    "plan_id": j.verdict.plan_id, "device_id": j.verdict.device_id,
+                    "aggregator": j.verdict.aggregator, "decision": str(j.verdict.decision),
+                    "release": str(j.release), "at": j.verdict.at,
+                    "body": _VERDICT.dump_python(j.verdict, mode="json")} for j in judged])
+            upsert_values(s, CmbSequenceRow.__table__,  # type: ignore[attr-defined]
+                          [{"device_id": d, "sequence": n} for d, n in advanced.items()])
             self._add_alerts(s, alerts)
             for o in overrides:
                 _put_override(s, o)
-            s.add_all(_audit_row(e) for e in audit)
+            if audit:
+                s.execute(insert(CmbAuditRow.__table__), [  # type: ignore[attr-defined]
+                    {"at": e.at, "actor": e.actor, "action": e.action, "subject": e.subject,
+                     "detail": dict(e.detail)} for e in audit])
 
     @staticmethod
     def _add_alerts(s: Session, alerts: Sequence[Alert]) -> None:
