@@ -93,7 +93,7 @@ def opt_json(o: OptRecord) -> dict[str, Any]:
             "created": _iso(o.created), "cancelled_at": _iso(o.cancelled_at)}
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
+async def json_body(request: web.Request) -> dict[str, Any]:
     try:
         data = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -150,7 +150,7 @@ async def list_vens(request: web.Request) -> web.Response:
 
 async def provision_ven(request: web.Request) -> web.Response:
     deps, op = _ctx(request)
-    body = await _body(request)
+    body = await json_body(request)
     name = _opt_str(body, "ven_name")
     if not name:
         raise FieldError("ven_name", "is required")
@@ -166,7 +166,7 @@ async def show_ven(request: web.Request) -> web.Response:
 
 async def update_ven(request: web.Request) -> web.Response:
     deps, op = _ctx(request)
-    body = await _body(request)
+    body = await json_body(request)
     attrs = _ven_attrs(body)
     if "fingerprint" in body:
         attrs["fingerprint"] = _opt_str(body, "fingerprint")
@@ -226,7 +226,7 @@ async def list_events(request: web.Request) -> web.Response:
 
 async def create_event(request: web.Request) -> web.Response:
     deps, op = _ctx(request)
-    rec = op.create_event(await _body(request), deps.clock())
+    rec = op.create_event(await json_body(request), deps.clock())
     return web.json_response(event_json(rec, deps, with_deliveries=True), status=201)
 
 
@@ -238,7 +238,7 @@ async def show_event(request: web.Request) -> web.Response:
 
 async def modify_event(request: web.Request) -> web.Response:
     deps, op = _ctx(request)
-    rec = op.modify_event(request.match_info["event_id"], await _body(request), deps.clock())
+    rec = op.modify_event(request.match_info["event_id"], await json_body(request), deps.clock())
     return web.json_response(event_json(rec, deps, with_deliveries=True))
 
 
@@ -246,7 +246,7 @@ async def cancel_event(request: web.Request) -> web.Response:
     deps, op = _ctx(request)
     reason = None
     if request.can_read_body:
-        reason = _opt_str(await _body(request), "reason")
+        reason = _opt_str(await json_body(request), "reason")
     rec = op.cancel_event(request.match_info["event_id"], deps.clock(), reason)
     return web.json_response(event_json(rec, deps, with_deliveries=True))
 
@@ -265,7 +265,7 @@ async def list_programs(request: web.Request) -> web.Response:
 
 async def save_program(request: web.Request) -> web.Response:
     deps, _ = _ctx(request)
-    body = await _body(request)
+    body = await json_body(request)
     mc, name = _opt_str(body, "market_context"), _opt_str(body, "name")
     if not mc:
         raise FieldError("market_context", "is required")
@@ -328,7 +328,7 @@ def openapi_document() -> dict[str, Any]:
             "info": {"title": "adrgate VTN operator API", "version": "1"}, "paths": paths}
 
 
-def _guard(handler: Handler) -> Handler:
+def operator_only(handler: Handler) -> Handler:
     async def run(request: web.Request) -> web.StreamResponse:
         token = request.app[DEPS].api_token
         if token and request.headers.get("Authorization") != f"Bearer {token}" \
@@ -350,4 +350,4 @@ def add_api_routes(app: web.Application) -> None:
     deps = app[DEPS]
     app[OPERATOR] = Operator(deps.store, deps.config, deps.handlers, deps.new_id)
     for r in ROUTES:
-        app.router.add_route(r.method, r.path, _guard(r.handler))
+        app.router.add_route(r.method, r.path, operator_only(r.handler))

@@ -34,7 +34,7 @@ from aiohttp import web
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import to_jsonable_python
 
-from vtn.api import _guard
+from vtn.api import json_body, operator_only
 from vtn.app import DEPS, peer_fingerprint
 from vtn.eventjson import FieldError
 from vtn.store import VtnStore
@@ -79,16 +79,6 @@ def _parse(adapter: TypeAdapter[T], data: Any, field: str) -> T:
     if naive is not None:
         raise FieldError(f"{field}{naive}", "a time needs its UTC offset")
     return value
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    try:
-        data = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise FieldError("body", "not valid JSON") from None
-    if not isinstance(data, dict):
-        raise FieldError("body", "expected a JSON object")
-    return data
 
 
 def judged_json(j: Judged) -> dict[str, Any]:
@@ -190,7 +180,7 @@ async def list_overrides(request: web.Request) -> web.Response:
 
 async def create_override(request: web.Request) -> web.Response:
     deps, cmb = request.app[DEPS], request.app[CMB]
-    body = await _body(request)
+    body = await json_body(request)
     target = _parse(_TARGET, body.get("target"), "target")
     if target == OverrideTarget():
         raise FieldError("target", "name an aggregator, network_area, device_class or devices")
@@ -237,14 +227,14 @@ async def apply_override(request: web.Request) -> web.Response:
 
 async def put_registry(request: web.Request) -> web.Response:
     deps, cmb = request.app[DEPS], request.app[CMB]
-    devices = _parse(_DEVICES, (await _body(request)).get("devices"), "devices")
+    devices = _parse(_DEVICES, (await json_body(request)).get("devices"), "devices")
     cmb.put_devices(devices, OPERATOR_ACTOR, deps.clock())
     return web.json_response({"devices": len(devices), "registered": len(cmb.registry)})
 
 
 async def put_aggregator(request: web.Request) -> web.Response:
     deps, cmb = request.app[DEPS], request.app[CMB]
-    body = await _body(request) | {"aggregator": request.match_info["aggregator"]}
+    body = await json_body(request) | {"aggregator": request.match_info["aggregator"]}
     profile = _parse(_PROFILE, body, "body")
     try:
         cmb.register_aggregator(profile, OPERATOR_ACTOR, deps.clock())
@@ -261,7 +251,7 @@ async def list_aggregators(request: web.Request) -> web.Response:
 
 async def add_prognosis(request: web.Request) -> web.Response:
     deps, cmb = request.app[DEPS], request.app[CMB]
-    p = _parse(_PROGNOSIS, await _body(request), "body")
+    p = _parse(_PROGNOSIS, await json_body(request), "body")
     if p.step.total_seconds() <= 0:
         raise FieldError("body.step", "must be positive")
     cmb.add_prognosis(p, OPERATOR_ACTOR, deps.clock())
@@ -270,7 +260,7 @@ async def add_prognosis(request: web.Request) -> web.Response:
 
 async def add_tariff(request: web.Request) -> web.Response:
     deps, cmb = request.app[DEPS], request.app[CMB]
-    t = _parse(_TARIFF, await _body(request), "body")
+    t = _parse(_TARIFF, await json_body(request), "body")
     cmb.add_tariff(t, OPERATOR_ACTOR, deps.clock())
     return web.json_response(to_jsonable_python(t), status=201)
 
@@ -293,7 +283,7 @@ def add_cmb_routes(app: web.Application, cmb: Cmb) -> None:
             ("PUT", "/api/cmb/aggregators/{aggregator}", put_aggregator),
             ("POST", "/api/cmb/prognoses", add_prognosis),
             ("POST", "/api/cmb/tariffs", add_tariff)):
-        app.router.add_route(method, path, _guard(handler))  # the operator token, as /api/
+        app.router.add_route(method, path, operator_only(handler))  # the operator token, as /api/
 
     async def monitors(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.get_running_loop().create_task(cmb.run_ticks(app[DEPS].clock))
