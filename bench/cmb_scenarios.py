@@ -3,6 +3,7 @@ rules and fleet monitors (issue 5, Evaluation).
 
     python -m bench.cmb_scenarios [--aggregators 3] [--devices 2000] [--areas 4] [--normal-days 7]
                                   [--seed 1] [--prognosis-minutes 30] [--monitor FIELD=VALUE]
+                                  [--sapc-concurrency all,8] [--dcc-per-minute N]
                                   [--json FILE]
 
 Fleet: `--aggregators` aggregators of `--devices` devices each, spread over `--areas` network
@@ -58,7 +59,7 @@ attack reaches that area. Everything else is false.
 Time to detect: from the attack's first submission to the first rejection of an attack plan or
 alert naming the attacker. Time until capped: detection plus the DCC round trip of a critical
 command at `bridge.sim.dcc.REALISTIC` (4 x user_dcc + 2 x dcc_device = 22 s) for the first device;
-for all the attacker's SAPC devices, batches of `--override-concurrency` in flight (as
+for all the attacker's SAPC devices, `--sapc-concurrency` commands in flight (as
 `vtn.cmb.override.SapcPath`) and at most `--dcc-per-minute` requests per rolling minute (the DCC
 throttle; default none). A plan refused inline is never dispatched: nothing to cap. 2030.5
 inverters take the override on their next poll, not modelled here.
@@ -626,7 +627,7 @@ class Outcome:
     detect_s: float | None
     effect_s: float | None  # from its first submission until its plans first act
     capped_first_s: float | None
-    capped_all_s: float | None
+    capped_all_s: dict[str, float]  # SAPC commands in flight ("all": every device) -> seconds
     sapc_devices: int
     false_alerts: int
     false_by: dict[str, int]  # rule or monitor -> false alerts
@@ -634,15 +635,26 @@ class Outcome:
     false_examples: list[str]
 
     @property
+    def capped_in_round_trip(self) -> bool:
+        """Every attacked SAPC device capped one DCC round trip after detection, at the first
+        `--sapc-concurrency` (or refused inline: nothing to cap)."""
+        if self.detect_s is None or not self.capped_all_s:
+            return self.detected
+        first = next(iter(self.capped_all_s.values()))
+        return first - self.detect_s <= DCC_ROUND_TRIP.total_seconds()
+
+    @property
     def met(self) -> bool:
         if self.attacker is None:
             return self.false_alerts == 0
         return (self.detected and self.detect_s is not None
-                and self.detect_s <= DETECT_TARGET.total_seconds() and self.false_alerts == 0)
+                and self.detect_s <= DETECT_TARGET.total_seconds() and self.false_alerts == 0
+                and self.capped_in_round_trip)
 
 
 def outcome(name: str, day: Day, findings: Sequence[Flag], attack: Attack | None, *,
-            concurrency: int, per_minute: int | None) -> Outcome:
+            concurrency: Sequence[int | None], per_minute: int | None) -> Outcome:
+    """`concurrency`: the SAPC commands in flight to model (None: every device at once)."""
     false = [f for f in findings if not f.caused]
     first = min((f for f in findings if f.caused and (f.aggregator == attack.aggregator
                                                        if attack else False)),
@@ -651,11 +663,12 @@ def outcome(name: str, day: Day, findings: Sequence[Flag], attack: Attack | None
             sum(day.registry[d].channel is Channel.SAPC for d in attack.devices))
     detect = None if first is None or attack is None else first.at - attack.start
     inline = first is not None and first.what.startswith("rule:")
-    capped_first = capped_all = None
+    capped_first, capped_all = None, {}
     if detect is not None and not inline:
         capped_first = (detect + DCC_ROUND_TRIP).total_seconds()
-        capped_all = (detect + capping_time(sapc, concurrency=concurrency,
-                                            per_minute=per_minute)).total_seconds()
+        capped_all = {_in_flight(n): (detect + capping_time(
+            sapc, concurrency=n or max(sapc, 1), per_minute=per_minute)).total_seconds()
+            for n in concurrency}
     return Outcome(
         scenario=name, seed=day.seed, attacker=attack.aggregator if attack else None,
         attack_start=f"{attack.start:%H:%M:%S}" if attack else None,
@@ -672,6 +685,10 @@ def outcome(name: str, day: Day, findings: Sequence[Flag], attack: Attack | None
         caught_by={} if attack is None else _first_by(findings, attack),
         false_examples=[f"{f.at:%H:%M} {f.what} {f.aggregator or f.area}: {f.detail}"
                         for f in false[:5]])
+
+
+def _in_flight(concurrency: int | None) -> str:
+    return "all" if concurrency is None else str(concurrency)
 
 
 def _first_by(findings: Iterable[Flag], attack: Attack) -> dict[str, float]:
@@ -695,27 +712,31 @@ def scenario(opts: argparse.Namespace, spec: FleetSpec, seed: int,
         day, attack = inject(day, kind, rng.choice(spec.names), rng)
     name = f"normal day {seed}" if kind is None else kind.value
     return outcome(name, day, evaluate(day, config, attack), attack,
-                   concurrency=opts.override_concurrency, per_minute=opts.dcc_per_minute)
+                   concurrency=opts.sapc_concurrency, per_minute=opts.dcc_per_minute)
 
 
 def _s(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds:,.0f} s"
 
 
-def report(outcomes: Sequence[Outcome]) -> str:
+def report(outcomes: Sequence[Outcome], concurrency: Sequence[int | None] = (None,)) -> str:
+    labels = [_in_flight(n) for n in concurrency]
     lines = [("| scenario | seed | attacker (devices) | detected by | time to detect | "
-              "attack acts after | capped: first device | capped: all SAPC devices | "
-              "false alerts | target |"),
-             "|---|---|---|---|---|---|---|---|---|---|"]
+              "attack acts after | capped: first device | "
+              + "".join(f"capped: all SAPC devices, {'every one' if n == 'all' else n} in "
+                        "flight | " for n in labels) + "false alerts | target |"),
+             "|---|---|---|---|---|---|---|" + "---|" * len(labels) + "---|---|"]
     for o in outcomes:
         who = "-" if o.attacker is None else f"{o.attacker} ({o.attack_devices:,})"
         by = "-" if o.attacker is None else (o.detected_by or "NOT detected")
-        capped_all = ("refused inline" if o.detected_by and o.detected_by.startswith("rule:")
+        capped_all = ["refused inline" if o.detected_by and o.detected_by.startswith("rule:")
                       else "no SAPC device" if o.detected and not o.sapc_devices
-                      else f"{_s(o.capped_all_s)} ({o.sapc_devices:,})" if o.detected else "-")
+                      else f"{_s(o.capped_all_s.get(n))} ({o.sapc_devices:,})" if o.detected
+                      else "-" for n in labels]
         lines.append(f"| {o.scenario} | {o.seed} | {who} | {by} | {_s(o.detect_s)} | "
-                     f"{_s(o.effect_s)} | {_s(o.capped_first_s)} | {capped_all} | "
-                     f"{o.false_alerts} | {'met' if o.met else 'NOT met'} |")
+                     f"{_s(o.effect_s)} | {_s(o.capped_first_s)} | "
+                     + "".join(f"{c} | " for c in capped_all)
+                     + f"{o.false_alerts} | {'met' if o.met else 'NOT met'} |")
     caught = [f"- {o.scenario}: " + ", ".join(f"{what} {_s(t)}" for what, t in o.caught_by.items())
               for o in outcomes if o.caught_by]
     if caught:
@@ -740,6 +761,17 @@ def monitor_setting(text: str) -> tuple[str, float | int | timedelta]:
     return name, type(default)(value)
 
 
+def in_flight(text: str) -> tuple[int | None, ...]:
+    """'all,8' -> (None, 8): None sends to every device at once."""
+    try:
+        found = tuple(None if n.strip() == "all" else int(n) for n in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: counts or 'all', comma-separated") from exc
+    if any(n is not None and n < 1 for n in found) or not found:
+        raise argparse.ArgumentTypeError(f"{text!r}: counts must be at least 1")
+    return found
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--aggregators", type=int, default=3)
@@ -759,7 +791,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="aggregator MW/min cap as a share of its fleet's rated import")
     p.add_argument("--headroom-share", type=float, default=0.7,
                    help="area headroom as a share of its devices' rated import")
-    p.add_argument("--override-concurrency", type=int, default=8)
+    p.add_argument("--sapc-concurrency", type=in_flight, default=(None, 8),
+                   help="SAPC commands in flight to model, comma-separated, 'all' for every "
+                   "attacked device at once (the first decides the capping target); default "
+                   "all,8")
     p.add_argument("--dcc-per-minute", type=int, default=None)
     p.add_argument("--json", type=Path, help="also write the results here")
     return p.parse_args(argv)
@@ -776,7 +811,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     opts = parse_args(argv)
     outcomes = run(opts)
     attacks = [o for o in outcomes if o.attacker is not None]
-    publish(report(outcomes), opts.json, opts,
+    publish(report(outcomes, opts.sapc_concurrency), opts.json, opts,
             {"attacks_detected": sum(o.detected for o in attacks),
              "attacks": len(attacks),
              "false_alerts_normal_days": sum(o.false_alerts for o in outcomes

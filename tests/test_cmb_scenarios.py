@@ -31,13 +31,12 @@ from bench.cmb_scenarios import (
 from policies.cmb_monitors import MonitorConfig
 from vtn.cmb.records import Tariff
 
-# Per-minute prognoses: the monitor compares the scheduled aggregate at each minute with the
-# prognosis, so a half-hourly mean would differ from it at every price boundary (docs/cmb.md).
-OPTS = parse_args(["--devices", "90", "--normal-days", "1", "--forecast-draws", "2",
-                   "--prognosis-minutes", "1"])
+# Half-hourly prognoses (a GB settlement period): the monitor compares like with like.
+OPTS = parse_args(["--devices", "90", "--normal-days", "1", "--forecast-draws", "2"])
 SPEC = FleetSpec(aggregators=OPTS.aggregators, devices=OPTS.devices, areas=OPTS.areas)
 SEED = 11
-FAST = (Kind.COMPROMISE, Kind.FIRMWARE_FLIP, Kind.REPLAY, Kind.CAP_EXCEEDED)
+FAST = (Kind.COMPROMISE, Kind.COMPROMISE_AT_BOUNDARY, Kind.FIRMWARE_FLIP, Kind.REPLAY,
+        Kind.CAP_EXCEEDED)
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +112,22 @@ def test_a_compromise_is_capped_one_dcc_round_trip_after_detection(
     assert o.detect_s is not None and o.capped_first_s is not None
     assert o.capped_first_s == o.detect_s + DCC_ROUND_TRIP.total_seconds()
     assert o.effect_s is not None and o.capped_first_s < o.effect_s  # before its plans act
+    # every SAPC device at once: the whole fleet within the round trip; 8 in flight: rounds
+    assert o.capped_all_s["all"] == o.capped_first_s and o.capped_in_round_trip
+    assert o.capped_all_s["8"] == o.detect_s + capping_time(
+        o.sapc_devices, concurrency=8, per_minute=None).total_seconds() > o.capped_all_s["all"]
+
+
+def test_a_synchronous_switch_on_a_tariff_boundary_is_named_by_boundary_spread(
+        outcomes: dict[Kind, Outcome]) -> None:
+    o = outcomes[Kind.COMPROMISE_AT_BOUNDARY]
+    assert "monitor:boundary_spread" in o.caught_by, report([o])
+
+
+def test_sapc_concurrency_parses_all_and_counts() -> None:
+    assert parse_args(["--sapc-concurrency", "all,256,8"]).sapc_concurrency == (None, 256, 8)
+    with pytest.raises(SystemExit):
+        parse_args(["--sapc-concurrency", "0"])
 
 
 def test_the_attack_plans_pass_every_inline_rule_but_the_replay(day: Day,
