@@ -275,7 +275,7 @@ class SapcPath:
     name: PathName = "sapc"
 
     def __init__(self, driver: SapcDriver, *, counters: ClockCounters | None = None,
-                 controller: int = 1, concurrency: int = 256, attempts: int = 3,
+                 controller: int = 1, concurrency: int = 2048, attempts: int = 3,
                  backoff_s: float = 1.0) -> None:
         """`driver` is the CMB's own DCC user, registered with the DCC as a Load Controller."""
         self._driver = driver
