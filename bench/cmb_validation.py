@@ -16,10 +16,12 @@ up to 10 min), observed in batches of 1,000 changes as plans would be accepted, 
 simulated minute of the day. Timed without tracing; memory (tracemalloc, net of the changes given
 in): what the monitors hold after the day and the peak while observing.
 
-Through the service: the same plans submitted to `vtn.cmb.service.Cmb.submit` in batches of
-`--batch`, as fast as it takes them for `--service-seconds`, over a SQLite file: the rules plus
-what the CMB writes for each plan (its verdict, its sequence, an audit entry) in one transaction
-per batch. Plans/s and the time per batch.
+Through the service: daily price plans of 2,000 batteries (hold, charge in a cheap half hour,
+discharge at the evening peak; a routine random delay) submitted to `vtn.cmb.service.Cmb.submit`
+in batches of `--batch`, as fast as it takes them for `--service-seconds`, over a SQLite file,
+each device again with a higher sequence once the pool is through (a re-plan): the rules, the
+fleet monitors, and what the CMB writes for each plan (its verdict, its sequence, an audit entry)
+in one transaction per batch. Plans/s and the time per batch.
 
 Baseline in the same process: a reference loop (a dict of a million int keys, built and summed),
 so times read as "x reference loops" as well as seconds.
@@ -222,10 +224,27 @@ class ServiceRun:
     batch_p99_ms: float
 
 
+def daily_plan(i: int, rng: random.Random) -> PlanSubmission:
+    """A battery's price plan: hold, charge in a cheap half hour, discharge at the evening
+    peak, hold; a routine random delay."""
+    reg = registration(i)
+    cheap = T0 + timedelta(minutes=30 * rng.randint(2, 10))
+    peak = T0 + timedelta(hours=17, minutes=30 * rng.randint(0, 3))
+    steps = (PlanStep(mode=Mode.HOLD, start=T0, end=cheap),
+             PlanStep(mode=Mode.CHARGE, start=cheap, end=cheap + timedelta(hours=2), power_kw=2.5),
+             PlanStep(mode=Mode.HOLD, start=cheap + timedelta(hours=2), end=peak),
+             PlanStep(mode=Mode.DISCHARGE, start=peak, end=peak + timedelta(hours=2),
+                      power_kw=2.5),
+             PlanStep(mode=Mode.HOLD, start=peak + timedelta(hours=2), end=T0 + timedelta(days=1)))
+    sub = submission(i, rng)
+    return replace(sub, plan=replace(sub.plan, steps=steps, sequence=2))
+
+
 def through_service(batch: int, seconds: float, seed: int) -> ServiceRun:
-    """`Cmb.submit` over a SQLite file, batch after batch, for `seconds`."""
+    """`Cmb.submit` over a SQLite file, batch after batch, for `seconds`: each device's daily
+    price plan, submitted again with a higher sequence (a re-plan) once the pool is through."""
     rng = random.Random(seed)
-    subs = [submission(i, rng) for i in range(_POOL)]
+    subs = [daily_plan(i, rng) for i in range(_POOL)]
     with tempfile.TemporaryDirectory() as tmp:
         store = CmbStore(make_engine(f"sqlite:///{tmp}/cmb.db"))
         store.create_schema()
