@@ -380,3 +380,13 @@ def test_cmb_help_explains(capsys: pytest.CaptureFixture[str]) -> None:
         cli.main(["cmb", "override", "--help"])
     out = capsys.readouterr().out
     assert "percent of rated import" in out and "lift" in out
+
+
+async def test_the_openapi_document_lists_the_cmb_routes() -> None:
+    from vtn.cmb.api import AGGREGATOR_ROUTES, OPERATOR_ROUTES
+
+    async with running_cmb() as r:
+        status, doc = await r.call("GET", "/api/openapi.json")
+        assert status == 200
+        listed = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
+        assert {(x.method, x.path) for x in AGGREGATOR_ROUTES + OPERATOR_ROUTES} <= listed

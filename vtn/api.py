@@ -6,7 +6,7 @@ One route table drives both the router and `/api/openapi.json`, so the document 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,9 @@ class Route:
     summary: str
     handler: Handler
     body: str | None = None  # description of the JSON body, if any
+
+
+ROUTE_TABLE = web.AppKey("routes", list[Route])  # every documented route the app serves
 
 
 def _iso(dt: Any) -> str | None:
@@ -140,7 +143,8 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(openapi_document())
+    routes: list[Route] = request.app[ROUTE_TABLE]
+    return web.json_response(openapi_document(routes))
 
 
 async def list_vens(request: web.Request) -> web.Response:
@@ -310,9 +314,9 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
-def openapi_document() -> dict[str, Any]:
+def openapi_document(routes: Sequence[Route] = ROUTES) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
-    for r in ROUTES:
+    for r in routes:
         op: dict[str, Any] = {"summary": r.summary, "responses": {
             "200": {"description": "OK"}, "400": {"description": "Invalid field"},
             "404": {"description": "Not found"}, "409": {"description": "Conflict"}}}
@@ -349,5 +353,13 @@ def operator_only(handler: Handler) -> Handler:
 def add_api_routes(app: web.Application) -> None:
     deps = app[DEPS]
     app[OPERATOR] = Operator(deps.store, deps.config, deps.handlers, deps.new_id)
-    for r in ROUTES:
-        app.router.add_route(r.method, r.path, operator_only(r.handler))
+    app[ROUTE_TABLE] = []
+    add_routes(app, ROUTES)
+
+
+def add_routes(app: web.Application, routes: Sequence[Route], *, guarded: bool = True) -> None:
+    """Serve `routes` (behind the operator token when `guarded`) and list them in the OpenAPI
+    document."""
+    for r in routes:
+        app.router.add_route(r.method, r.path, operator_only(r.handler) if guarded else r.handler)
+    app[ROUTE_TABLE].extend(routes)

@@ -34,7 +34,7 @@ from aiohttp import web
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import to_jsonable_python
 
-from vtn.api import json_body, operator_only
+from vtn.api import Route, add_routes, json_body
 from vtn.app import DEPS, peer_fingerprint
 from vtn.eventjson import FieldError
 from vtn.store import VtnStore
@@ -265,25 +265,39 @@ async def add_tariff(request: web.Request) -> web.Response:
     return web.json_response(to_jsonable_python(t), status=201)
 
 
+AGGREGATOR_ROUTES: Final = (
+    Route("POST", "/api/cmb/plans", "Submit a signed batch of plans; one verdict each",
+          submit_plans, body="{batch: signed JSON text, signature: base64}"),
+    Route("GET", "/api/cmb/policy/{aggregator}", "Programs whose response plans must wait",
+          show_policy),
+)
+OPERATOR_ROUTES: Final = (
+    Route("GET", "/api/cmb/verdicts", "Plan verdicts, newest first", list_verdicts),
+    Route("GET", "/api/cmb/alerts", "Fleet-monitor alerts, newest first", list_alerts),
+    Route("GET", "/api/cmb/audit", "The audit log", list_audit),
+    Route("GET", "/api/cmb/overrides", "Control overrides", list_overrides),
+    Route("POST", "/api/cmb/overrides", "Create and apply an override", create_override,
+          body="target, level, end?, energized?, reason?"),
+    Route("POST", "/api/cmb/overrides/{override_id}/lift", "Lift an override", lift_override),
+    Route("POST", "/api/cmb/overrides/{override_id}/apply", "Apply a proposed override",
+          apply_override),
+    Route("PUT", "/api/cmb/registry", "Register devices", put_registry,
+          body="{devices: [DeviceRegistration]}"),
+    Route("GET", "/api/cmb/aggregators", "Aggregator profiles", list_aggregators),
+    Route("PUT", "/api/cmb/aggregators/{aggregator}", "Register an aggregator's key and policy",
+          put_aggregator, body="public_key, fingerprint?, auto_response?, wait_programs?, "
+                               "override_level?"),
+    Route("POST", "/api/cmb/prognoses", "An aggregator's prognosis", add_prognosis,
+          body="Prognosis"),
+    Route("POST", "/api/cmb/tariffs", "A published tariff", add_tariff, body="Tariff"),
+)
+
+
 def add_cmb_routes(app: web.Application, cmb: Cmb) -> None:
     """Mount the CMB on the VTN app and run its time-based monitors while the app runs."""
     app[CMB] = cmb
-    app.router.add_post("/api/cmb/plans", submit_plans)
-    app.router.add_get("/api/cmb/policy/{aggregator}", show_policy)
-    for method, path, handler in (
-            ("GET", "/api/cmb/verdicts", list_verdicts),
-            ("GET", "/api/cmb/alerts", list_alerts),
-            ("GET", "/api/cmb/audit", list_audit),
-            ("GET", "/api/cmb/overrides", list_overrides),
-            ("POST", "/api/cmb/overrides", create_override),
-            ("POST", "/api/cmb/overrides/{override_id}/lift", lift_override),
-            ("POST", "/api/cmb/overrides/{override_id}/apply", apply_override),
-            ("PUT", "/api/cmb/registry", put_registry),
-            ("GET", "/api/cmb/aggregators", list_aggregators),
-            ("PUT", "/api/cmb/aggregators/{aggregator}", put_aggregator),
-            ("POST", "/api/cmb/prognoses", add_prognosis),
-            ("POST", "/api/cmb/tariffs", add_tariff)):
-        app.router.add_route(method, path, operator_only(handler))  # the operator token, as /api/
+    add_routes(app, AGGREGATOR_ROUTES, guarded=False)  # authenticated by signature and TLS
+    add_routes(app, OPERATOR_ROUTES)
 
     async def monitors(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.get_running_loop().create_task(cmb.run_ticks(app[DEPS].clock))
