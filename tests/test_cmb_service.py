@@ -316,3 +316,19 @@ async def test_an_automatic_override_reaches_the_devices_the_alert_names_first(
     [active] = cmb.overrides(OverrideStatus.ACTIVE)
     assert active.override.devices[-1] == "ev-0"  # the whole aggregator, suspects first
     assert set(active.override.devices[:3]) == set(alert.devices)
+
+
+async def test_an_override_whose_window_ended_is_marked_lifted_on_the_next_tick(
+        store: CmbStore) -> None:
+    executor = FakeExecutor()
+    cmb = make_cmb(store, executor=executor)
+    entry = await cmb.create_override(target=OverrideTarget(devices=("ev-1",)), level=0,
+                                      actor="operator", now=T0, end=T0 + timedelta(minutes=30))
+    await cmb.tick(T0 + timedelta(minutes=29))
+    assert [o.override_id for o in cmb.active_overrides] == [entry.override.override_id]
+    await cmb.tick(T0 + timedelta(minutes=31))
+    assert cmb.active_overrides == ()
+    [ended] = cmb.overrides(OverrideStatus.LIFTED)
+    assert ended.override.lifted == T0 + timedelta(minutes=30)
+    assert store.audit(subject=entry.override.override_id)[-1].action == "override_lifted"
+    assert [c[0] for c in executor.calls] == ["apply"]  # nothing to send: the devices let go

@@ -299,7 +299,12 @@ class Cmb:
         return judged
 
     async def tick(self, now: datetime) -> list[Alert]:
-        """Run the time-based monitors (prognosis deviation, area headroom)."""
+        """Run the time-based monitors (prognosis deviation, area headroom), and mark overrides
+        whose window has ended as lifted (the devices let them go at their end already)."""
+        for o in [o for o in self._active.values() if o.end is not None and o.end <= now]:
+            del self._active[o.override_id]
+            ended = replace(o, status=OverrideStatus.LIFTED, lifted=o.end)
+            self.store.save_override(ended, self._override_audit(ended, CMB_ACTOR, now))
         self._sync_windows(now)
         alerts = self.monitors.tick(now)
         if alerts:
