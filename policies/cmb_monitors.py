@@ -222,8 +222,7 @@ class FleetMonitors:
                  tariffs: Sequence[Tariff] = (), windows: Sequence[DispatchWindow] = (),
                  prognoses: Sequence[Prognosis] = ()) -> None:
         self.config = config
-        self._fleet = Counter(r.owner for r in registry.values())
-        self._fleet_in = Counter((r.owner, r.network_area) for r in registry.values())
+        self.set_registry(registry)
         self._boundaries: dict[int, list[tuple[float, float, int]]] = {}
         self._at_boundaries: dict[tuple[str, int], list[float]] = {}  # changes, fast ones
         self._synchronous: set[tuple[str, int]] = set()  # (aggregator, boundary) not exempt
@@ -247,6 +246,12 @@ class FleetMonitors:
             self.add_window(w)
         for p in prognoses:
             self.add_prognosis(p)
+
+
+    def set_registry(self, registry: Mapping[str, DeviceRegistration]) -> None:
+        """The fleets the shares are measured against (a registry change keeps the windows)."""
+        self._fleet = Counter(r.owner for r in registry.values())
+        self._fleet_in = Counter((r.owner, r.network_area) for r in registry.values())
 
     def add_tariff(self, tariff: Tariff) -> None:
         tol = tariff.tolerance.total_seconds()

@@ -426,3 +426,14 @@ def test_windows_behind_now_are_pruned() -> None:
     m.tick(T0 + timedelta(hours=8))
     assert m._count["agg-a"] == {} and m._step["agg-a"] == {}
     assert all(len(t.changes) <= 3 for t in m._tracks.values())
+
+
+def test_a_registry_change_keeps_the_windows_and_measures_against_the_new_fleet() -> None:
+    m = FleetMonitors(MonitorConfig(min_devices=20), registry(10))
+    devices = list(registry(30))
+    assert m.observe(fleet_switch(devices[:10], T0, plan="first")) == []  # too small to judge
+    m.set_registry(registry(30))
+    # ten more in the same minute: 20 of 30 devices now, with the first ten still counted
+    alerts = by_monitor(m.observe(fleet_switch(devices[10:20], T0, plan="second")))
+    alert = alerts["same_minute_share"][0]
+    assert (alert.value, alert.threshold) == (20, pytest.approx(0.2 * 30))

@@ -167,8 +167,6 @@ class Cmb:
         self._rebuild_monitors()
 
     def _rebuild_monitors(self) -> None:
-        # FleetMonitors sizes each aggregator's fleet when built: a changed registry starts its
-        # windows afresh
         self.monitors = FleetMonitors(self.config.monitors, self._registry,
                                       tariffs=self.store.tariffs(),
                                       windows=tuple(self._known_windows.values()),
@@ -201,7 +199,7 @@ class Cmb:
             at=now, actor=actor, action="registry_updated", subject=f"{len(devices)} devices",
             detail={"devices": [d.device_id for d in devices[:100]]}))
         self._registry.update((d.device_id, d) for d in devices)
-        self._rebuild_monitors()
+        self.monitors.set_registry(self._registry)
 
     @property
     def registry(self) -> Mapping[str, DeviceRegistration]:
