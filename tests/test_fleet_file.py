@@ -35,6 +35,7 @@ OPT: dict[str, Any] = {
     "start": "2030-01-01T00:00:00Z", "duration": "1h", "resources": ["bat"],
 }
 TLS = {"cert": "c.pem", "key": "k.pem", "ca": "ca.pem"}
+LISTEN = {"push_listen": "127.0.0.1:9443"}
 
 
 def ven(**keys: Any) -> dict[str, Any]:
@@ -85,7 +86,7 @@ def test_example_loads_into_the_documented_specs() -> None:
         name="voltway-cpo", ven_id="ven-voltway-0001", **common,
         market_contexts=("http://dso.example/flex",), response_programs=(),
         poll_interval=timedelta(seconds=30), min_opt_in_share=0.3, sign=False,
-        cancel_on_shutdown=True,
+        cancel_on_shutdown=True, push=True, push_fallback_to_pull=3,
         tls=TlsSpec(cert=str(docs / "certs/voltway.pem"), key=str(docs / "certs/voltway.key"),
                     ca=str(docs / "certs/dso-ca.pem")),
         resources=(
@@ -104,6 +105,7 @@ def test_example_loads_into_the_documented_specs() -> None:
     assert load_fleet(EXAMPLE) == FleetSpec(
         vens=(sunstore, voltway), max_connections=50, concurrency=100,
         database_url="postgresql+psycopg://adrgate@localhost/adrgate_ven",
+        push_listen=("0.0.0.0", 9443), push_url="https://ven-gw.voltway.example:9443",
     )
 
 
@@ -420,6 +422,42 @@ def errors() -> list[Any]:
           id="fingerprint-not-hex"),
         p({"ven": [ven(vtn_fingerprint="AAB:BCC" + ":DD" * 7)]}, "ven[0].vtn_fingerprint",
           "10 bytes", id="fingerprint-misplaced-colons"),
+        # HTTP push
+        p({"ven": [ven(push=True)]}, "ven[0].push", "needs push_listen", id="push-no-listener"),
+        p({"defaults": {"push": True}, "ven": [ven()]}, "defaults.push", "needs push_listen",
+          id="default-push-no-listener"),
+        p({"ven": [ven(push="yes")], **LISTEN}, "ven[0].push", "true or false",
+          id="push-not-bool"),
+        p({"ven": [ven()], **LISTEN}, "push_listen", "no [[ven]] has push = true",
+          id="listener-without-push-vens"),
+        p({"ven": [ven()], "push_url": "https://x:1"}, "push_url", "needs push_listen",
+          id="push-url-without-listener"),
+        p({"ven": [ven(push=True)], "push_listen": "9443"}, "push_listen", '"HOST:PORT"',
+          id="listen-no-host"),
+        p({"ven": [ven(push=True)], "push_listen": "h:port"}, "push_listen", '"HOST:PORT"',
+          id="listen-port-not-number"),
+        p({"ven": [ven(push=True)], "push_listen": "h:65536"}, "push_listen", "0 to 65535",
+          id="listen-port-too-big"),
+        p({"ven": [ven(push=True)], "push_listen": "::1:9443"}, "push_listen", "in brackets",
+          id="listen-ipv6-unbracketed"),
+        p({"ven": [ven(push=True)], "push_listen": 9443}, "push_listen", "non-empty string",
+          id="listen-number"),
+        p({"ven": [ven(push=True)], "push_listen": "0.0.0.0:9443"}, "push_listen",
+          "give push_url", id="listen-everywhere-no-url"),
+        p({"ven": [ven(push=True)], "push_listen": "127.0.0.1:0"}, "push_listen",
+          "give push_url", id="listen-any-port-no-url"),
+        p({"ven": [ven(push=True)], **LISTEN, "push_url": "ven-gw:9443"}, "push_url",
+          "http:// or https://", id="push-url-no-scheme"),
+        p({"ven": [ven(push=True, tls=TLS)], **LISTEN, "push_url": "http://gw:9443"},
+          "push_url", "must be https://", id="tls-push-url-http"),
+        p({"ven": [ven(push=True, tls=TLS), ven(name="b", push=True)], **LISTEN}, "ven[1].tls",
+          "all of them need tls or none (ven[0] has tls)", id="push-vens-mixed-tls"),
+        p({"ven": [ven(push_fallback_to_pull=3)]}, "ven[0].push_fallback_to_pull",
+          "needs push = true", id="fallback-without-push"),
+        p({"ven": [ven(push=True, push_fallback_to_pull=0)], **LISTEN},
+          "ven[0].push_fallback_to_pull", "integer >= 1", id="fallback-zero"),
+        p({"ven": [ven(push=True, push_fallback_to_pull=True)], **LISTEN},
+          "ven[0].push_fallback_to_pull", "integer >= 1", id="fallback-bool"),
     ]
 
 
@@ -434,8 +472,10 @@ def test_error_names_the_key_path(data: dict[str, Any], key_path: str, reason: s
 
 def test_every_error_case_is_valid_once_its_fault_is_removed() -> None:
     # The error table's base values must load, or its cases could fail for another reason.
-    fleet = parse({"ven": [ven(tls=TLS, sign=True, resources=[RESOURCE], availability=[OPT])]})
+    fleet = parse({"ven": [ven(tls=TLS, sign=True, resources=[RESOURCE], availability=[OPT],
+                               push=True, push_fallback_to_pull=2)], **LISTEN})
     assert fleet.vens[0].availability[0].start == datetime(2030, 1, 1, tzinfo=timezone.utc)
+    assert (fleet.vens[0].push, fleet.push_listen) == (True, ("127.0.0.1", 9443))
 
 
 def test_local_fleet_points_at_the_default_vtn() -> None:

@@ -10,6 +10,8 @@ Rules of this file:
   state is refused like any malformed reply.
 - Every state change goes through `_put_*`/`_drop_*`, which record it in `pending` for the store;
   the caller flushes `take_changes()` after each exchange.
+- A push VEN (`push_address` given) gets the VTN's requests by `on_pushed` instead of on polls,
+  and takes them in the same way; it polls only as the configured fallback.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import NamedTuple, cast
 
-from oadr.errors import AdrError
+from oadr.errors import AdrError, InvalidId, NotAllowed, NotRegisteredOrAuthorized
 from oadr.events import status_at
 from oadr.messages import (
     SERVICE_OF, Availability, CancelOpt, CanceledPartyRegistration, CanceledReport, CancelPartyRegistration,
@@ -31,7 +33,7 @@ from oadr.messages import (
     CreatePartyRegistration, CreateReport, DistributeEvent, Event, EventResponse, EventStatus,
     Message, OptReason, OptType, Poll, QueryRegistration, RegisteredReport, RegisterReport,
     ReportRequest, RequestEvent, RequestReregistration, Response, ResponseMessage, ResponseRequired, Target,
-    UpdatedReport, UpdateReport,
+    UpdatedReport, UpdateReport, error_response,
 )
 from policies.flexibility import OptDecision, decide, unavailable
 
@@ -45,6 +47,10 @@ from .signals import grid_signals, reached_resources, signals_of, start_offsets,
 from .states import REG_AFTER, REG_NEXT, backoff
 
 History = Callable[[Sequence[str], datetime, datetime], Sequence[Sample]]
+
+# What a VTN may push to a VEN: what it may answer a poll with (oadrResponse aside).
+PUSHED = (DistributeEvent, CreateReport, CancelReport, RequestReregistration,
+          CancelPartyRegistration, RegisterReport)
 
 
 class Outgoing(NamedTuple):
@@ -78,8 +84,9 @@ class _Inflight:
 class VenAgent:
     def __init__(self, spec: VenSpec, snapshot: VenSnapshot, *, rng: random.Random,
                  new_id: Callable[[], str], telemetry: reports.TelemetrySource,
-                 history: History) -> None:
+                 history: History, push_address: str | None = None) -> None:
         self.spec = spec
+        self.push_address = push_address  # our oadrTransportAddress; None: we poll
         self.reg = snapshot.registration
         self.events = snapshot.events
         self.opts = snapshot.opts
@@ -94,6 +101,7 @@ class VenAgent:
         self.buffers: dict[str, list[Sample]] = {}
         self.next_poll: datetime | None = None
         self.last_poll: datetime | None = None
+        self.last_push: datetime | None = None
         self.last_error: str | None = None
         self.failures = 0
         self.retry_at: datetime | None = None
@@ -106,7 +114,7 @@ class VenAgent:
     def start(self, now: datetime) -> None:
         """After loading: a registered VEN resyncs its events (oadrRequestEvent) and carries on."""
         if self.reg.state is RegState.READY:
-            self.next_poll = now + self._poll_period() * self.rng.random()
+            self.next_poll = self._first_poll(now)
             self._put_registration(resync=True)
             self._sync_availability(now)
             self._reassess(now)
@@ -149,7 +157,7 @@ class VenAgent:
             out = make(now)
             if out is not None:
                 return out
-        if self.next_poll is None or now >= self.next_poll:
+        if self._polls() and (self.next_poll is None or now >= self.next_poll):
             return self._out(Poll(ven_id=ven_id))
         return None
 
@@ -158,9 +166,11 @@ class VenAgent:
             return None
         if self.retry_at is not None and self.retry_at > now:
             return self.retry_at
+        if self.reg.state is not RegState.READY:
+            return now
         times = [t for t in (self.next_poll, self._next_reassess) if t is not None]
         times += [t for t in map(reports.next_wakeup, self.requests.values()) if t is not None]
-        return max(now, min(times)) if times and self.reg.state is RegState.READY else now
+        return max(now, min(times)) if times else None  # a push VEN may wait for the VTN
 
     def _registration_message(self, step: type, now: datetime) -> Outgoing:
         if step is QueryRegistration:
@@ -170,7 +180,7 @@ class VenAgent:
                 request_id=self.new_id(), ven_name=self.spec.name,
                 ven_id=self.reg.ven_id or self.spec.ven_id,
                 registration_id=self.reg.registration_id, xml_signature=self.spec.sign,
-                http_pull_model=True))
+                http_pull_model=self.push_address is None, transport_address=self.push_address))
         return self._out(RegisterReport(request_id=self.new_id(), ven_id=self._ven_id(),
                                         reports=reports.metadata_reports(self.spec, now)))
 
@@ -266,6 +276,31 @@ class VenAgent:
         else:
             self._settle(msg, reply, now)
 
+    def on_pushed(self, msg: Message, now: datetime) -> ResponseMessage:
+        """Take in a payload the VTN pushed, exactly as if it had answered a poll with it, and
+        return the oadrResponse the push is answered with (an error code when refused). What the
+        payload asks of us goes out by `next_message`, as in pull mode."""
+        request_id = getattr(msg, "request_id", None) or ""
+        try:
+            if not isinstance(msg, PUSHED):
+                raise NotAllowed(f"{type(msg).__name__} is not pushed to a VEN")
+            if self.reg.state is not RegState.READY:
+                raise NotRegisteredOrAuthorized(f"not registered ({self.reg.state})")
+            ven_id = getattr(msg, "ven_id", None)
+            if ven_id is not None and ven_id != self.reg.ven_id:
+                raise InvalidId(f"venID {ven_id!r} is not ours ({self.reg.ven_id!r})")
+            try:
+                self._on_vtn_request(msg, now, pushed=True)
+            except BadReply as exc:  # a distribute from a vtnID we did not register with
+                raise InvalidId(str(exc)) from None
+        except AdrError as exc:
+            self._note_error(f"pushed {type(msg).__name__} refused ({exc.code}): {exc}")
+            return error_response(exc, request_id=request_id, ven_id=self.reg.ven_id)
+        self.last_push = now
+        if self.spec.push_fallback_to_pull is not None:
+            self.next_poll = self._first_poll(now)
+        return ResponseMessage(response=Response(request_id=request_id), ven_id=self.reg.ven_id)
+
     def on_refused(self, sent: Outgoing, problem: str, now: datetime) -> None:
         """The VTN refused `sent` (HTTP 4xx, or a reply we cannot accept): settle what would loop
         forever, back off for the rest."""
@@ -339,7 +374,7 @@ class VenAgent:
                     code=code, description=text, request_id=reply.response.request_id),
                     ven_id=self._ven_id(), pending_reports=tuple(self.requests)))
             self._put_registration(state=state, resync=True)
-            self.next_poll = now + self._poll_period() * self.rng.random()
+            self.next_poll = self._first_poll(now)
             self._sync_availability(now)
             self._reassess(now)
 
@@ -361,7 +396,7 @@ class VenAgent:
 
     # --- requests the VTN makes on a poll -----------------------------------------------
 
-    def _on_vtn_request(self, msg: Message, now: datetime) -> None:
+    def _on_vtn_request(self, msg: Message, now: datetime, *, pushed: bool = False) -> None:
         ven_id = self._ven_id()
         if isinstance(msg, ResponseMessage):
             return
@@ -381,8 +416,9 @@ class VenAgent:
             for update in final:
                 self._answer(update)
         elif isinstance(msg, RequestReregistration):
-            self._answer(ResponseMessage(response=Response(), ven_id=ven_id),
-                         service="EiRegisterParty")
+            if not pushed:  # a push is acknowledged by the oadrResponse that answers it
+                self._answer(ResponseMessage(response=Response(), ven_id=ven_id),
+                             service="EiRegisterParty")
             self._put_registration(state=RegState.QUERIED)
         elif isinstance(msg, CancelPartyRegistration):
             self._answer(CanceledPartyRegistration(
@@ -607,6 +643,18 @@ class VenAgent:
 
     def _poll_period(self) -> timedelta:
         return self.reg.poll_freq or self.spec.poll_interval
+
+    def _polls(self) -> bool:
+        return self.push_address is None or self.spec.push_fallback_to_pull is not None
+
+    def _first_poll(self, now: datetime) -> datetime | None:
+        """When to poll first after registering (or, pushed to, after the last push)."""
+        if self.push_address is None:
+            # A random phase: a fleet that registered together does not poll together.
+            return now + self._poll_period() * self.rng.random()
+        if self.spec.push_fallback_to_pull is None:
+            return None
+        return now + self._poll_period() * self.spec.push_fallback_to_pull
 
     def _out(self, msg: Message) -> Outgoing:
         return Outgoing(msg, SERVICE_OF[type(msg)])

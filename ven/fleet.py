@@ -9,6 +9,8 @@ decoded one. docs/fleet.example.toml documents every key. Rules of the format:
   without count), so a literal brace there is written `{{`.
 - Nothing passes silently: unknown keys are errors, and every error names the file and the key
   path (`ven[3].resources[0].rated_kw`, `[[ven]]` tables counted from 0).
+- HTTP push: `push = true` VENs share the fleet's one listener (`push_listen`), so they must all
+  use TLS or none, and the listener needs an address the VTN can reach (`push_url`).
 """
 
 from __future__ import annotations
@@ -97,6 +99,9 @@ class VenSpec:
     report_jitter: float = 0.1  # share of a report period by which each report is randomly delayed
     min_opt_in_share: float = 0.5  # opt out when less than this share of a request can be met
     response_programs: tuple[str, ...] = ()  # market contexts whose events are response DSR
+    push: bool = False  # the VTN pushes to the fleet's listener; no oadrPoll
+    # A push VEN polls anyway once no push has come for this many poll periods; None: never.
+    push_fallback_to_pull: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -105,6 +110,8 @@ class FleetSpec:
     database_url: str | None = None  # default: sqlite file beside the fleet file's data dir
     max_connections: int = 100  # the shared HTTP connection pool
     concurrency: int = 200  # exchanges in flight at once across the fleet
+    push_listen: tuple[str, int] | None = None  # (host, port) of the push VENs' listener
+    push_url: str | None = None  # its base URL for the VTN; None: scheme://host:bound-port
 
 
 class FleetError(ValueError):
@@ -155,11 +162,12 @@ def _fail(key_path: str, reason: str) -> NoReturn:
     raise _Invalid(key_path, reason)
 
 
-_FLEET_KEYS = frozenset({"database_url", "max_connections", "concurrency", "defaults", "ven"})
+_FLEET_KEYS = frozenset({"database_url", "max_connections", "concurrency", "push_listen",
+                         "push_url", "defaults", "ven"})
 _DEFAULT_KEYS = frozenset({
     "vtn_url", "poll_interval", "tls", "vtn_fingerprint", "sign", "cancel_on_shutdown",
     "report_min_period", "report_jitter", "min_opt_in_share", "market_contexts",
-    "response_programs", "resources", "availability",
+    "response_programs", "resources", "availability", "push", "push_fallback_to_pull",
 })
 _VEN_KEYS = _DEFAULT_KEYS | {"name", "ven_id", "count"}
 _TLS_KEYS = frozenset({"cert", "key", "ca"})
@@ -180,6 +188,8 @@ def _fleet(data: Mapping[str, object], base_dir: Path) -> FleetSpec:
     if not entries:
         _fail("ven", "required: at least one [[ven]] table")
     vens: list[VenSpec] = []
+    pushing: list[tuple[str, VenSpec]] = []  # (the [[ven]] it came from, the VEN)
+    listening = "push_listen" in data
     taken_by: dict[tuple[str, str], str] = {}  # (key, value) -> the VEN that took it first
     for i, entry in enumerate(entries):
         path = f"ven[{i}]"
@@ -189,23 +199,54 @@ def _fleet(data: Mapping[str, object], base_dir: Path) -> FleetSpec:
         fields = {key: (value, f"defaults.{key}") for key, value in defaults.items()}
         fields.update((key, (value, f"{path}.{key}")) for key, value in table.items())
         for n in range(1, count + 1):
-            ven = _ven(fields, path, n, base_dir)
+            ven = _ven(fields, path, n, base_dir, listening)
             here = f"{path} (n={n})" if count > 1 else path
             # Two VENs sharing a venName or a venID would take over each other's registration.
             for key, value in (("name", ven.name), ("ven_id", ven.ven_id)):
                 if value is not None and (other := taken_by.setdefault((key, value), here)) != here:
                     _fail(f"{path}.{key}", f"{value!r} is already used by {other}")
             vens.append(ven)
+            if ven.push:
+                pushing.append((path, ven))
     kw: dict[str, Any] = {}
     if "database_url" in data:
         kw["database_url"] = _text(data["database_url"], "database_url")
     for key in ("max_connections", "concurrency"):
         if key in data:
             kw[key] = _int(data[key], key)
+    kw |= _push_listener(data, pushing)
     return FleetSpec(vens=tuple(vens), **kw)
 
 
-def _ven(fields: _Fields, path: str, n: int, base_dir: Path) -> VenSpec:
+def _push_listener(data: Mapping[str, object],
+                   pushing: list[tuple[str, VenSpec]]) -> dict[str, Any]:
+    """push_listen and push_url, checked against the push VENs (with their [[ven]] paths)."""
+    if "push_listen" not in data:
+        if "push_url" in data:
+            _fail("push_url", "needs push_listen")
+        return {}
+    if not pushing:
+        _fail("push_listen", "no [[ven]] has push = true")
+    host, port = _address(data["push_listen"], "push_listen")
+    # One listener serves them all: either every push VEN speaks TLS or none does.
+    first, secure = pushing[0][0], pushing[0][1].tls is not None
+    for path, ven in pushing:
+        if (ven.tls is not None) != secure:
+            _fail(f"{path}.tls", f"push VENs share one listener: all of them need tls or none "
+                  f"({first} {'has' if secure else 'has no'} tls)")
+    kw: dict[str, Any] = {"push_listen": (host, port)}
+    if "push_url" in data:
+        url = _url(data["push_url"], "push_url")
+        if secure and not url.startswith("https://"):
+            _fail("push_url", "must be https:// (the push VENs have tls)")
+        kw["push_url"] = url.rstrip("/")
+    elif host in _EVERY_INTERFACE or port == 0:
+        _fail("push_listen", "binds every interface or any free port: give push_url, the "
+              "address the VTN reaches the listener at")
+    return kw
+
+
+def _ven(fields: _Fields, path: str, n: int, base_dir: Path, listening: bool) -> VenSpec:
     if "name" not in fields:
         _fail(f"{path}.name", "required")
     if "vtn_url" not in fields:
@@ -224,7 +265,7 @@ def _ven(fields: _Fields, path: str, n: int, base_dir: Path) -> VenSpec:
                 kw[key] = _duration(value, where)
             case "report_jitter" | "min_opt_in_share":
                 kw[key] = _number(value, where, hi=1.0)
-            case "sign" | "cancel_on_shutdown":
+            case "sign" | "cancel_on_shutdown" | "push":
                 kw[key] = _bool(value, where)
             case "vtn_fingerprint":
                 kw[key] = _fingerprint(value, where)
@@ -232,6 +273,8 @@ def _ven(fields: _Fields, path: str, n: int, base_dir: Path) -> VenSpec:
                 kw[key] = _tls(value, where, n, base_dir)
             case "resources":
                 kw[key] = _resources(value, where, n)
+            case "push_fallback_to_pull":
+                kw[key] = _int(value, where)
     if "availability" in fields:
         value, where = fields["availability"]
         ids = {r.resource_id for r in kw.get("resources", ())}
@@ -240,6 +283,11 @@ def _ven(fields: _Fields, path: str, n: int, base_dir: Path) -> VenSpec:
         _fail(fields["sign"][1], "sign = true needs tls (its key signs the messages)")
     if kw.get("vtn_fingerprint") and "tls" not in kw:
         _fail(fields["vtn_fingerprint"][1], "a pinned fingerprint needs tls (an https:// VTN)")
+    if kw.get("push") and not listening:
+        _fail(fields["push"][1], 'push = true needs push_listen = "HOST:PORT" (the fleet\'s '
+              "push listener)")
+    if "push_fallback_to_pull" in kw and not kw.get("push"):
+        _fail(fields["push_fallback_to_pull"][1], "needs push = true")
     return VenSpec(**kw)
 
 
@@ -431,6 +479,21 @@ def _datetime(value: object, path: str) -> datetime:
     if not isinstance(value, datetime) or value.utcoffset() is None:
         _fail(path, "must be an ISO 8601 date-time with a zone (Z or +hh:mm)")
     return value.astimezone(UTC)
+
+
+_EVERY_INTERFACE = frozenset({"0.0.0.0", "::"})
+
+
+def _address(value: object, path: str) -> tuple[str, int]:
+    """"HOST:PORT", an IPv6 host in brackets ("[::1]:9443"); port 0 takes any free one."""
+    host, _, port = _text(value, path).strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        _fail(path, "write an IPv6 host in brackets: \"[::1]:9443\"")
+    if not (host and port.isascii() and port.isdigit() and int(port) <= 65535):
+        _fail(path, 'must be "HOST:PORT" with a port from 0 to 65535, e.g. "0.0.0.0:9443"')
+    return host, int(port)
 
 
 _FINGERPRINT = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){9}|[0-9A-Fa-f]{20}")

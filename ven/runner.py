@@ -9,7 +9,10 @@ Rules of this file:
   fingerprint and signature, parse. It blames the VTN with `Refused` (4xx, unreadable reply) or
   `Unreachable` (no answer, 5xx); the agent decides what each means.
 - State changes are flushed to the store after every exchange: a crash loses at most the exchange
-  in flight, which the level-triggered agent derives again.
+  in flight, which the level-triggered agent derives again. A push is flushed before it is
+  answered, since the VTN counts it delivered once answered.
+- Push VENs share one listener (ven/push.py), bound before the agents start so that their
+  transport addresses carry its real port; it reads and answers through each VEN's `Transport`.
 """
 
 from __future__ import annotations
@@ -30,11 +33,13 @@ import aiohttp
 from adrgate.tls import client_context, pin
 from oadr import codec
 from oadr.errors import AdrError
-from oadr.messages import Message, Poll
+from oadr.messages import Message, Poll, ResponseMessage
+from oadr.schema import DEFAULT_MAX_BYTES
 from oadr.signing import InMemoryReplayCache, ReplayCache, SigningKey, admit, check_signature, sign
 
 from .agent import BadReply, Outgoing, VenAgent
 from .fleet import FleetSpec, TlsSpec, VenSpec
+from .push import Observer, PushListener, listener_context, transport_address
 from .records import GridSignal, VenSnapshot
 from .reports import TelemetrySource
 from .store import FleetStore
@@ -50,8 +55,6 @@ SHUTDOWN_TIMEOUT: Final = 10.0
 
 Clock = Callable[[], datetime]
 SignalSink = Callable[[str, tuple[GridSignal, ...]], None]
-# Every exchange as bytes, for transcripts and conformance checks: (ven, service, sent, received).
-Observer = Callable[[str, str, bytes, bytes], None]
 
 
 def utcnow() -> datetime:
@@ -114,17 +117,27 @@ class Transport:
             raise Refused(f"HTTP {status}: {data[:200]!r}")
         return await self._parse(data)
 
-    async def _parse(self, data: bytes) -> Message:
-        if self._last_reply is not None and self._last_reply[0] == data:
-            return self._last_reply[1]
+    async def receive(self, data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> codec.Received:
+        """Parse a payload from the VTN (a reply or a push); when this VEN signs, its signature
+        must check out against the pinned fingerprint and its nonce must be new.
+
+        Raises:
+            AdrError: malformed, invalid, unsigned or badly signed, or replayed.
+        """
         check = None
         if self.key is not None:
             check = partial(check_signature, expected_fingerprint=self.spec.vtn_fingerprint,
                             now=self.clock())
+        received = codec.parse(data, max_bytes=max_bytes, verify=check)
+        if received.signature is not None:
+            await admit(received.signature, self.replay)
+        return received
+
+    async def _parse(self, data: bytes) -> Message:
+        if self._last_reply is not None and self._last_reply[0] == data:
+            return self._last_reply[1]
         try:
-            received = codec.parse(data, verify=check)
-            if received.signature is not None:
-                await admit(received.signature, self.replay)
+            received = await self.receive(data)
         except AdrError as exc:
             raise Refused(f"unacceptable reply ({exc.code}): {exc}") from None
         if received.signature is None:  # identical unsigned bytes parse to the same message
@@ -153,6 +166,7 @@ class Fleet:
         self._beats: dict[str, tuple[datetime | None, str | None]] = {}  # as last written
         self._stopping = False
         self.started = asyncio.Event()  # every agent loaded and scheduled
+        self.push_url: str | None = None  # the push listener's base URL, once it listens
         self._semaphore = asyncio.Semaphore(spec.concurrency)
 
     # --- run ----------------------------------------------------------------------------
@@ -160,20 +174,65 @@ class Fleet:
     async def run(self, stop: asyncio.Event) -> None:
         connector = aiohttp.TCPConnector(limit=self.spec.max_connections)
         async with aiohttp.ClientSession(connector=connector, timeout=REQUEST_TIMEOUT) as session:
-            self._start(session)
-            self.started.set()
-            heartbeat = asyncio.create_task(self._heartbeats(stop))
+            listener = await self._listen()
             try:
-                await stop.wait()
-            finally:
-                await self._shutdown()
-                heartbeat.cancel()
-                self._write_heartbeats()
+                self._start(session)
+                self.started.set()
+                heartbeat = asyncio.create_task(self._heartbeats(stop))
+                try:
+                    await stop.wait()
+                finally:
+                    if listener is not None:  # no push is taken in while the VENs stop
+                        await listener.close()
+                    await self._shutdown()
+                    heartbeat.cancel()
+                    self._write_heartbeats()
+            finally:  # also when the VENs could not start (closing twice is harmless)
+                if listener is not None:
+                    await listener.close()
+
+    async def _listen(self) -> PushListener | None:
+        """Start the push VENs' listener (None without push VENs) and set `push_url`.
+
+        Raises:
+            ValueError: push VENs without `push_listen`, or some with tls and some without.
+            OSError: the address cannot be bound.
+        """
+        pushing = [ven for ven in self.spec.vens if ven.push]
+        if not pushing:
+            return None
+        if self.spec.push_listen is None:
+            raise ValueError(f"{pushing[0].name} has push but the fleet has no push_listen")
+        ctx = listener_context(pushing)
+        listener = PushListener(self.agents, self.transports, self._pushed,
+                                observer=self.observer)
+        host, port = self.spec.push_listen
+        bound = await listener.start(host, port, ctx)
+        bracketed = f"[{host}]" if ":" in host else host
+        self.push_url = self.spec.push_url or \
+            f"{'https' if ctx is not None else 'http'}://{bracketed}:{bound}"
+        log.info("push listener on %s:%d, reached at %s", host, bound, self.push_url)
+        return listener
+
+    def _pushed(self, name: str, msg: Message) -> ResponseMessage:
+        """A push for `name`: taken in, saved, and the VEN woken to send what it owes."""
+        agent = self.agents[name]
+        reply = agent.on_pushed(msg, self.clock())
+        try:
+            self._flush(name, agent)
+        except Exception:  # kept by the agent, written with the next flush
+            log.exception("could not save a push; keeping it for the next write",
+                          extra={"ven": name})
+        timer = self._timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+        self._wake(name)
+        return reply
 
     def _start(self, session: aiohttp.ClientSession) -> None:
         snapshots = self.store.load_all()
         keys: dict[tuple[TlsSpec, str | None], tuple[ssl.SSLContext, SigningKey]] = {}
-        replay = InMemoryReplayCache(self.clock)
+        replay = InMemoryReplayCache(self.clock)  # one for replies and pushes: nonces are per VTN
         now = self.clock()
         for ven in self.spec.vens:
             ctx, key = None, None
@@ -186,7 +245,9 @@ class Fleet:
             agent = VenAgent(ven, snapshot if snapshot is not None else VenSnapshot(),
                              rng=self.rng, new_id=_new_id,
                              telemetry=self.telemetry or self._model_telemetry(ven),
-                             history=partial(self.store.samples, ven.name))
+                             history=partial(self.store.samples, ven.name),
+                             push_address=transport_address(self.push_url, ven.name)
+                             if ven.push and self.push_url is not None else None)
             agent.start(now)
             self.agents[ven.name] = agent
             self.transports[ven.name] = Transport(
