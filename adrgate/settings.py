@@ -84,6 +84,16 @@ VARS: tuple[Var, ...] = (
     Var("report_via", "ADRGATE_REPORT_VIA", _choice(ReportVia),
         "telemetry requests in oadrRegisteredReport (registered) or oadrCreateReport on a poll (create)"),
     Var("poll_freq", "ADRGATE_POLL_FREQ", _seconds, "oadrPoll interval offered to VENs, seconds"),
+    Var("push_concurrency", "ADRGATE_PUSH_CONCURRENCY", _int,
+        "HTTP push: POSTs to push VENs in flight at once"),
+    Var("push_timeout", "ADRGATE_PUSH_TIMEOUT", _seconds, "HTTP push: time limit of one POST, seconds"),
+    Var("push_unreachable_after", "ADRGATE_PUSH_UNREACHABLE_AFTER", _int,
+        "HTTP push: consecutive failed pushes after which a VEN is shown unreachable (retries go on)"),
+    Var("push_backoff_max", "ADRGATE_PUSH_BACKOFF_MAX", _seconds,
+        "HTTP push: longest wait between retries to a failing VEN, seconds"),
+    Var("push_resend", "ADRGATE_PUSH_RESEND", _seconds,
+        "HTTP push: an event a push VEN took but has not answered with oadrCreatedEvent is pushed "
+        "again after this many seconds"),
     Var("max_body_bytes", "ADRGATE_MAX_BODY", _int, "largest accepted request body, bytes"),
     Var("tls_cert", "ADRGATE_TLS_CERT", Path, "server certificate (PEM); all three TLS vars enable mutual TLS"),
     Var("tls_key", "ADRGATE_TLS_KEY", Path, "server private key (PEM)"),
@@ -136,6 +146,11 @@ class Settings:
     registration_policy: RegistrationPolicy = RegistrationPolicy.OPEN
     report_via: ReportVia = ReportVia.REGISTERED
     poll_freq: timedelta = timedelta(seconds=10)
+    push_concurrency: int = 100
+    push_timeout: timedelta = timedelta(seconds=10)
+    push_unreachable_after: int = 5
+    push_backoff_max: timedelta = timedelta(seconds=300)
+    push_resend: timedelta = timedelta(seconds=30)
     max_body_bytes: int = 1_048_576
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -162,6 +177,12 @@ class Settings:
             raise _invalid("port", f"must be 0..65535, got {self.port}")
         if self.poll_freq < timedelta(seconds=1) or self.poll_freq.microseconds:
             raise _invalid("poll_freq", "must be a whole number of seconds >= 1")
+        for name in ("push_concurrency", "push_unreachable_after"):
+            if getattr(self, name) < 1:
+                raise _invalid(name, "must be at least 1")
+        for name in ("push_timeout", "push_backoff_max", "push_resend"):
+            if getattr(self, name) <= timedelta(0):
+                raise _invalid(name, "must be positive")
         if self.max_body_bytes <= 0:
             raise _invalid("max_body_bytes", "must be positive")
         if not self.vtn_id:

@@ -22,6 +22,7 @@ from vtn.cmb.override import OpenAdrPath, OverrideExecutor, SapcPath
 from vtn.cmb.service import Cmb, CmbConfig
 from vtn.handlers import VtnConfig
 from vtn.operator import Operator
+from vtn.push import PushConfig, PushTls
 from vtn.store import VtnStore
 
 from .replay import RedisReplayCache
@@ -60,8 +61,20 @@ def build_deps(settings: Settings, stack: ExitStack) -> tuple[VtnDeps, redis.asy
                        report_via=settings.report_via, secure=settings.secure)
     deps = VtnDeps(store=store, config=config, replay=RedisReplayCache(client), signing_key=key,
                    require_signatures=settings.require_signatures,
-                   max_body_bytes=settings.max_body_bytes, api_token=settings.api_token)
+                   max_body_bytes=settings.max_body_bytes, api_token=settings.api_token,
+                   push=push_config(settings))
     return deps, client
+
+
+def push_config(settings: Settings) -> PushConfig:
+    """How the VTN pushes to push VENs; with mutual TLS it presents its server certificate."""
+    tls = None
+    if settings.tls_cert and settings.tls_key and settings.tls_ca:
+        tls = PushTls(cert=settings.tls_cert, key=settings.tls_key, ca=settings.tls_ca)
+    return PushConfig(concurrency=settings.push_concurrency, timeout=settings.push_timeout,
+                      unreachable_after=settings.push_unreachable_after,
+                      backoff_max=settings.push_backoff_max, resend_after=settings.push_resend,
+                      tls=tls)
 
 
 def build_cmb(settings: Settings, deps: VtnDeps) -> Cmb:

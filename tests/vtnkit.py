@@ -22,6 +22,7 @@ from vtn.app import VtnDeps, make_app
 from vtn.cmb.service import Cmb
 from vtn.handlers import VtnConfig
 from vtn.operator import Operator
+from vtn.push import PushConfig
 from vtn.store import VtnStore
 
 OADR_PATH = "/OpenADR2/Simple/2.0b"
@@ -54,17 +55,17 @@ async def running_vtn(database_url: str = "sqlite://", *, ssl_context: ssl.SSLCo
                       replay: ReplayCache | None = None, max_body_bytes: int = 1_048_576,
                       port: int = 0, middlewares: Sequence[Middleware] = (),
                       cmb: Callable[[VtnStore], Cmb] | None = None,
-                      **config: Any) -> AsyncIterator[Vtn]:
+                      push: PushConfig = PushConfig(), **config: Any) -> AsyncIterator[Vtn]:
     """A VTN on 127.0.0.1 (a free port, or `port`) over a fresh or given database;
     `middlewares` run before the VTN sees a request (fault injection); `cmb` builds a Central
-    Monitoring Body on its store, served beside it."""
+    Monitoring Body on its store, served beside it; `push` tunes its HTTP push."""
     store = VtnStore(make_engine(database_url))
     store.create_schema()
     config.setdefault("vtn_id", "TEST-VTN")
     deps = VtnDeps(store=store, config=VtnConfig(**config),
                    replay=replay if replay is not None else InMemoryReplayCache(clock=utcnow),
                    signing_key=signing_key, require_signatures=require_signatures,
-                   max_body_bytes=max_body_bytes)
+                   max_body_bytes=max_body_bytes, push=push)
     app = make_app(deps, None if cmb is None else cmb(store))
     app.middlewares.extend(middlewares)
     runner = web.AppRunner(app, access_log=None)

@@ -19,6 +19,7 @@ from .app import DEPS, VtnDeps
 from .eventjson import FieldError, event_to_json
 from .operator import Conflict, NotFound, Operator
 from .records import EventRecord, OptRecord, ReportRequestRecord, ReportValue, VenRecord
+from .store import PushState
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPERATOR = web.AppKey("operator", Operator)
@@ -40,14 +41,19 @@ def _iso(dt: Any) -> str | None:
     return format_datetime(dt) if dt is not None else None
 
 
-def ven_json(v: VenRecord) -> dict[str, Any]:
+def ven_json(v: VenRecord, push: PushState | None = None) -> dict[str, Any]:
+    """A VEN as the API shows it; `push` is its push state when its last push failed."""
+    push = push or PushState(ven_id=v.ven_id)
     return {"ven_id": v.ven_id, "ven_name": v.ven_name, "status": str(v.status),
             "registration_id": v.registration_id, "fingerprint": v.fingerprint,
             "http_pull_model": v.http_pull_model, "transport_address": v.transport_address,
             "xml_signature": v.xml_signature, "party_id": v.party_id,
             "programs": list(v.programs), "groups": list(v.groups),
             "resources": list(v.resources), "created": _iso(v.created),
-            "registered_at": _iso(v.registered_at)}
+            "registered_at": _iso(v.registered_at), "unreachable": push.unreachable,
+            "push": None if v.http_pull_model else {
+                "failures": push.failures, "next_attempt": _iso(push.next_attempt),
+                "last_error": push.last_error}}
 
 
 def event_json(rec: EventRecord, deps: VtnDeps, with_deliveries: bool = False) -> dict[str, Any]:
@@ -149,7 +155,8 @@ async def openapi(request: web.Request) -> web.Response:
 
 async def list_vens(request: web.Request) -> web.Response:
     deps, _ = _ctx(request)
-    return web.json_response([ven_json(v) for v in deps.store.list_vens()])
+    failing = deps.store.push_states()
+    return web.json_response([ven_json(v, failing.get(v.ven_id)) for v in deps.store.list_vens()])
 
 
 async def provision_ven(request: web.Request) -> web.Response:
@@ -164,8 +171,9 @@ async def provision_ven(request: web.Request) -> web.Response:
 
 
 async def show_ven(request: web.Request) -> web.Response:
-    _, op = _ctx(request)
-    return web.json_response(ven_json(op.ven(request.match_info["ven_id"])))
+    deps, op = _ctx(request)
+    ven = op.ven(request.match_info["ven_id"])
+    return web.json_response(ven_json(ven, deps.store.push_states().get(ven.ven_id)))
 
 
 async def update_ven(request: web.Request) -> web.Response:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache, partial
@@ -24,6 +24,7 @@ from oadr.messages import SERVICE_OF, Message, ResponseMessage, error_response
 from oadr.signing import ReplayCache, SigningKey, admit, sign, verifier
 
 from .handlers import Ctx, VtnConfig, VtnHandlers
+from .push import PushConfig, Pusher
 from .store import VtnStore
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ class VtnDeps:
     api_token: str | None = None
     clock: Callable[[], datetime] = utcnow
     new_id: Callable[[], str] = new_id
+    push: PushConfig = field(default_factory=PushConfig)
     handlers: VtnHandlers = field(init=False)
 
     def __post_init__(self) -> None:
@@ -61,6 +63,7 @@ class VtnDeps:
 
 
 DEPS = web.AppKey("deps", VtnDeps)
+PUSHER = web.AppKey("pusher", Pusher)
 
 
 def peer_fingerprint(request: web.Request) -> str | None:
@@ -109,19 +112,29 @@ def _unsigned_ack(reply: ResponseMessage) -> bytes:
     return codec.serialize(reply)
 
 
-def _xml_response(deps: VtnDeps, reply: Message) -> web.Response:
+def encode(deps: VtnDeps, message: Message) -> bytes:
+    """The payload as this VTN sends it: serialized, and signed when the VTN signs."""
     signer = None
     if deps.signing_key is not None:
         signer = partial(sign, key=deps.signing_key, now=deps.clock(), nonce=deps.new_id())
     try:
-        if signer is None and isinstance(reply, ResponseMessage):
-            body = _unsigned_ack(reply)
-        else:
-            body = codec.serialize(reply, sign=signer)
+        if signer is None and isinstance(message, ResponseMessage):
+            return _unsigned_ack(message)
+        return codec.serialize(message, sign=signer)
     except Exception:
-        log.exception("could not serialize %s", type(reply).__name__)
-        body = codec.serialize(error_response(RuntimeError()), sign=signer)
-    return web.Response(body=body, content_type="application/xml")
+        log.exception("could not serialize %s", type(message).__name__)
+        return codec.serialize(error_response(RuntimeError()), sign=signer)
+
+
+def _xml_response(deps: VtnDeps, reply: Message) -> web.Response:
+    return web.Response(body=encode(deps, reply), content_type="application/xml")
+
+
+async def pushing(app: web.Application) -> AsyncIterator[None]:
+    """Run the pusher while the app serves (push VENs are delivered to as soon as owed)."""
+    await app[PUSHER].start()
+    yield
+    await app[PUSHER].stop()
 
 
 @web.middleware
@@ -145,6 +158,10 @@ def make_app(deps: VtnDeps, cmb: Cmb | None = None) -> web.Application:
     app[DEPS] = deps
     app.router.add_post(OPENADR_PREFIX + "/{service:" + "|".join(SERVICES) + "}", openadr_view)
     add_api_routes(app)
+    app[PUSHER] = Pusher(deps.store, deps.handlers, encode=partial(encode, deps),
+                         clock=lambda: deps.clock(), config=deps.push,
+                         require_signatures=deps.require_signatures)
+    app.cleanup_ctx.append(pushing)
     if cmb is not None:
         from .cmb.api import add_cmb_routes
 

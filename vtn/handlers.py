@@ -7,13 +7,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from functools import partial
+from typing import Generic, TypeVar
 
 from oadr import events as ev_time
 from oadr.errors import InvalidId, NotAllowed, NotRegisteredOrAuthorized
 from oadr.messages import (
     CancelOpt, CanceledOpt, CanceledPartyRegistration, CanceledReport, CancelPartyRegistration,
     CancelReport, CreatedEvent, CreatedOpt, CreatedPartyRegistration, CreatedReport, CreateOpt,
-    CreatePartyRegistration, CreateReport, DistributeEvent, EventStatus, Poll, QueryRegistration,
+    CreatePartyRegistration, CreateReport, DistributeEvent, EventStatus, Message, Poll,
+    QueryRegistration,
     RegisteredReport, RegisterReport, ReportRequest, RequestEvent, RequestReregistration,
     Response, ResponseMessage, ResponseRequired, SpecifierPayload, UpdatedReport, UpdateReport,
 )
@@ -58,6 +61,17 @@ class VtnConfig:
                              f"not {self.poll_freq.total_seconds()}")
 
 
+M_co = TypeVar("M_co", bound=Message, covariant=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Owed(Generic[M_co]):
+    """A message a VEN is owed, and the bookkeeping that records it as sent at a time."""
+
+    message: M_co
+    record: Callable[[datetime], None]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Ctx:
     now: datetime
@@ -69,11 +83,17 @@ def ok(request_id: str) -> Response:
     return Response(code=200, description="OK", request_id=request_id)
 
 
+def _nobody() -> None:
+    pass
+
+
 class VtnHandlers(Router[Ctx]):
     def __init__(self, store: VtnStore, config: VtnConfig, new_id: Callable[[], str]) -> None:
         self.store = store
         self.config = config
         self.new_id = new_id
+        # called after a VEN is newly owed something: the pusher hooks in here
+        self.notify: Callable[[], None] = _nobody
 
     # --- identity -----------------------------------------------------------------------
 
@@ -139,6 +159,7 @@ class VtnHandlers(Router[Ctx]):
             report_only=msg.report_only, profile_name=msg.profile_name, registered_at=ctx.now)
         self.store.register(ven, live_events_reaching(ven, self.store.list_events(), ctx.now),
                             ctx.now)
+        self.notify()
         return self._registered_reply(msg.request_id, ven)
 
     def _find_registrant(self, msg: CreatePartyRegistration, ctx: Ctx) -> VenRecord:
@@ -205,6 +226,11 @@ class VtnHandlers(Router[Ctx]):
 
     def distribute(self, ven: VenRecord, now: datetime) -> DistributeEvent:
         """Every current event of this VEN, rendered for it at `now`, and recorded as sent."""
+        owed = self._distribute(ven, now)
+        owed.record(now)
+        return owed.message
+
+    def _distribute(self, ven: VenRecord, now: datetime) -> Owed[DistributeEvent]:
         rendered, finished = [], []
         for delivery, record in self.store.ven_events(ven.ven_id):
             event = ev_time.at(record.event, now)
@@ -218,12 +244,11 @@ class VtnHandlers(Router[Ctx]):
             rendered.append(dataclasses.replace(event, targets=narrowed(event.targets, ven)))
         events = ev_time.ordered(rendered)
         self.store.close_finished(ven.ven_id, finished)
-        self.store.mark_distributed(
-            ven.ven_id,
-            [(e.event_id, e.modification_number, e.response_required is ResponseRequired.ALWAYS)
-             for e in events], now)
-        return DistributeEvent(request_id=self.new_id(), vtn_id=self.config.vtn_id,
-                               events=tuple(events))
+        sent = [(e.event_id, e.modification_number, e.response_required is ResponseRequired.ALWAYS)
+                for e in events]
+        return Owed(DistributeEvent(request_id=self.new_id(), vtn_id=self.config.vtn_id,
+                                    events=tuple(events)),
+                    partial(self.store.mark_distributed, ven.ven_id, sent))
 
     @on(RequestEvent, DistributeEvent)
     async def on_request_event(self, msg: RequestEvent, ctx: Ctx) -> DistributeEvent:
@@ -254,16 +279,26 @@ class VtnHandlers(Router[Ctx]):
         if not state.http_pull_model:
             raise NotAllowed("a push VEN does not poll")
         if state.due or state.outbox:  # rare: now load the whole VEN
-            ven = self.authenticate(msg.ven_id, ctx)
-            if state.due:
-                return self.distribute(ven, ctx.now)
-            item = self.store.next_outbox(ven.ven_id, resend_before)
-            if item is not None:
-                self.store.mark_sent(item.id, ctx.now)
-                return self._outbox_message(ven, item)
+            owed = self.owed(self.authenticate(msg.ven_id, ctx), ctx.now, resend_before,
+                             distribute=state.due)
+            if owed is not None:
+                owed.record(ctx.now)
+                return owed.message
         return ResponseMessage(response=ok(""), ven_id=msg.ven_id)
 
-    def _outbox_message(self, ven: VenRecord, item: OutboxItem) -> object:
+    def owed(self, ven: VenRecord, now: datetime, resend_before: datetime, *,
+             distribute: bool) -> Owed[Message] | None:
+        """What the VEN gets next (the answer to its poll, or the next push): the distribute
+        when one is owed, else the oldest outbox item not sent since `resend_before`; None when
+        nothing waits. Nothing is recorded as sent until the caller runs `record`."""
+        if distribute:
+            return self._distribute(ven, now)
+        item = self.store.next_outbox(ven.ven_id, resend_before)
+        if item is None:
+            return None
+        return Owed(self._outbox_message(ven, item), partial(self.store.mark_sent, item.id))
+
+    def _outbox_message(self, ven: VenRecord, item: OutboxItem) -> Message:
         if item.kind is OutboxKind.CREATE_REPORT:
             requests = [r for r in (self.store.get_report_request(i) for i in item.ref.split(","))
                         if r is not None]
@@ -323,6 +358,7 @@ class VtnHandlers(Router[Ctx]):
         if via is ReportVia.CREATE and planned:
             self.store.enqueue(ven.ven_id, OutboxKind.CREATE_REPORT,
                                ",".join(r.report_request_id for r in planned), ctx.now)
+            self.notify()
             planned = []
         return RegisteredReport(response=ok(msg.request_id), ven_id=ven.ven_id,
                                 report_requests=tuple(self._report_request(r) for r in planned))

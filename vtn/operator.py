@@ -102,6 +102,7 @@ class Operator:
             self._validate(ev, now)
             self._check_overlap(ev, ven_ids)
         self.store.save_event(ev, ven_ids, cancelled=cancelled)
+        self.handlers.notify()
         return EventRecord(event=ev, cancelled=cancelled)
 
     def create_event(self, body: Mapping[str, Any], now: datetime) -> EventRecord:
@@ -171,6 +172,7 @@ class Operator:
         now reach it are owed to it."""
         ven = self.store.save_ven(dataclasses.replace(self.ven(ven_id), **attrs))
         self.store.add_deliveries(ven_id, live_events_reaching(ven, self.store.list_events(), now))
+        self.handlers.notify()
         return ven
 
     def approve_ven(self, ven_id: str) -> VenRecord:
@@ -186,12 +188,15 @@ class Operator:
         return ven
 
     def request_reregistration(self, ven_id: str, now: datetime) -> None:
-        self.store.enqueue(self._registered(ven_id).ven_id, OutboxKind.REREGISTER, "", now)
+        self._queue(self._registered(ven_id).ven_id, OutboxKind.REREGISTER, "", now)
 
     def cancel_registration(self, ven_id: str, now: datetime) -> None:
         ven = self._registered(ven_id)
-        self.store.enqueue(ven.ven_id, OutboxKind.CANCEL_REGISTRATION, ven.registration_id or "",
-                           now)
+        self._queue(ven.ven_id, OutboxKind.CANCEL_REGISTRATION, ven.registration_id or "", now)
+
+    def _queue(self, ven_id: str, kind: OutboxKind, ref: str, now: datetime) -> None:
+        self.store.enqueue(ven_id, kind, ref, now)
+        self.handlers.notify()
 
     # --- reports ------------------------------------------------------------------------
 
@@ -205,8 +210,8 @@ class Operator:
         if not planned:
             raise Conflict(f"VEN {ven_id} has registered no telemetry reports")
         self.store.save_report_requests(planned)
-        self.store.enqueue(ven_id, OutboxKind.CREATE_REPORT,
-                           ",".join(r.report_request_id for r in planned), now)
+        self._queue(ven_id, OutboxKind.CREATE_REPORT,
+                    ",".join(r.report_request_id for r in planned), now)
         return planned
 
     def cancel_report(self, report_request_id: str, now: datetime) -> ReportRequestRecord:
@@ -214,7 +219,7 @@ class Operator:
         if rq is None:
             raise NotFound(f"no report request {report_request_id}")
         self.store.set_report_request_status([report_request_id], "cancelling")
-        self.store.enqueue(rq.ven_id, OutboxKind.CANCEL_REPORT, report_request_id, now)
+        self._queue(rq.ven_id, OutboxKind.CANCEL_REPORT, report_request_id, now)
         return dataclasses.replace(rq, status="cancelling")
 
 

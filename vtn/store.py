@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     BindParameter,
@@ -52,6 +53,7 @@ from .tables import (
     OptRow,
     OutboxRow,
     ProgramRow,
+    PushStateRow,
     ReportMetaRow,
     ReportRequestRow,
     ReportValueRow,
@@ -80,16 +82,47 @@ class PollState:
     outbox: bool = False  # a queued message is ready to (re)send
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PushState:
+    """How pushing to one push VEN goes (the default: never failed)."""
+
+    ven_id: str
+    failures: int = 0  # consecutive failed pushes
+    unreachable: bool = False
+    next_attempt: datetime | None = None  # backing off until then
+    last_error: str | None = None
+
+
+def _push_owed(ven_id: Any, resend_before: Any) -> Any:
+    """A distribute is owed to a push VEN: an event it has not been sent at its current
+    modification (or an omission), or one still unacknowledged since `resend_before`."""
+    return exists().where(
+        col(DeliveryRow.ven_id) == ven_id, col(DeliveryRow.due),
+        col(EventRow.event_id) == col(DeliveryRow.event_id),
+        or_(col(DeliveryRow.removed), col(DeliveryRow.delivered_at).is_(None),
+            col(DeliveryRow.delivered_mod) < col(EventRow.modification_number),
+            col(DeliveryRow.delivered_at) < resend_before))
+
+
+def _outbox_ready(ven_id: Any, resend_before: Any) -> Any:
+    """A queued message is ready to (re)send: never sent, or sent before `resend_before`."""
+    return exists().where(
+        col(OutboxRow.ven_id) == ven_id, col(OutboxRow.acked_at).is_(None),
+        or_(col(OutboxRow.sent_at).is_(None), col(OutboxRow.sent_at) < resend_before))
+
+
 _VEN: BindParameter[str] = bindparam("ven_id", type_=String)
 _POLL_STATE = sa_select(
     col(VenRow.status), col(VenRow.registration_id), col(VenRow.fingerprint),
     col(VenRow.http_pull_model),
     exists().where(col(DeliveryRow.ven_id) == _VEN, col(DeliveryRow.due)).label("owed"),
-    exists().where(
-        col(OutboxRow.ven_id) == _VEN, col(OutboxRow.acked_at).is_(None),
-        or_(col(OutboxRow.sent_at).is_(None), col(OutboxRow.sent_at) < bindparam("resend")),
-    ).label("queued"),
+    _outbox_ready(_VEN, bindparam("resend")).label("queued"),
 ).where(col(VenRow.ven_id) == _VEN)
+
+
+def _push_state(row: PushStateRow) -> PushState:
+    return PushState(ven_id=row.ven_id, failures=row.failures, unreachable=row.unreachable,
+                     next_attempt=as_utc(row.next_attempt), last_error=row.last_error)
 
 
 def _put_ven(s: Session, ven: VenRecord) -> None:
@@ -294,17 +327,22 @@ class VtnStore:
         """Record a distribute sent to `ven_id`: (event_id, modificationNumber, needs_ack).
 
         Rows marked removed are closed: the distribute that omitted them has been sent.
+        A push records its distribute only once the VEN took it, so the event may have changed
+        meanwhile: a newer modification, or a removal, stays owed.
         """
         with self._tx() as s:
             for event_id, mod, needs_ack in sent:
                 row = s.get(DeliveryRow, (ven_id, event_id))
-                if row is None:
+                if row is None or row.removed:
                     continue
+                event = s.get(EventRow, event_id)
+                current = event.modification_number if event is not None else mod
                 row.delivered_mod = mod
                 row.delivered_at = now
-                row.due = needs_ack and row.acked_mod < mod
+                row.due = (needs_ack and row.acked_mod < mod) or current > mod
             s.exec(delete(DeliveryRow).where(
-                col(DeliveryRow.ven_id) == ven_id, col(DeliveryRow.removed) == True))  # noqa: E712
+                col(DeliveryRow.ven_id) == ven_id, col(DeliveryRow.removed) == True,  # noqa: E712
+                col(DeliveryRow.event_id).not_in([event_id for event_id, _, _ in sent])))
 
     def record_event_responses(self, ven_id: str, answers: Sequence[tuple[str, int, OptType, int]],
                                now: datetime) -> str | None:
@@ -384,6 +422,43 @@ class VtnStore:
             return [outbox_item(r) for r in s.exec(select(OutboxRow).where(
                 col(OutboxRow.ven_id) == ven_id, col(OutboxRow.acked_at) == None)  # noqa: E711
                 .order_by(col(OutboxRow.id)))]
+
+    # --- push ---------------------------------------------------------------------------
+
+    def push_owed(self, ven_id: str, resend_before: datetime) -> bool:
+        """A distribute is owed to this push VEN (see `_push_owed`)."""
+        with Session(self.engine) as s:
+            return bool(s.scalar(sa_select(_push_owed(ven_id, resend_before))))
+
+    def push_targets(self, now: datetime, resend_before: datetime, limit: int) -> list[str]:
+        """Registered push VENs owed a distribute or an outbox item and not backing off."""
+        with Session(self.engine) as s:
+            q = (select(col(VenRow.ven_id)).outerjoin(
+                PushStateRow, col(PushStateRow.ven_id) == col(VenRow.ven_id)).where(
+                col(VenRow.status) == str(VenStatus.REGISTERED),
+                col(VenRow.registration_id).is_not(None),
+                col(VenRow.http_pull_model) == False,  # noqa: E712
+                col(VenRow.transport_address).is_not(None),
+                or_(col(PushStateRow.next_attempt).is_(None),
+                    col(PushStateRow.next_attempt) <= now),
+                or_(_push_owed(col(VenRow.ven_id), resend_before),
+                    _outbox_ready(col(VenRow.ven_id), resend_before)))
+                .order_by(col(VenRow.ven_id)).limit(limit))
+            return list(s.exec(q))
+
+    def push_states(self) -> dict[str, PushState]:
+        """The VENs whose last push failed (every other VEN is healthy)."""
+        with Session(self.engine) as s:
+            return {r.ven_id: _push_state(r) for r in s.exec(select(PushStateRow))}
+
+    def save_push_state(self, state: PushState) -> None:
+        with self._tx() as s:
+            s.merge(PushStateRow(**dataclasses.asdict(state)))
+
+    def clear_push_state(self, ven_id: str) -> None:
+        """The VEN took a push: it is healthy again."""
+        with self._tx() as s:
+            s.exec(delete(PushStateRow).where(col(PushStateRow.ven_id) == ven_id))
 
     # --- reports ------------------------------------------------------------------------
 

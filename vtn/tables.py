@@ -110,6 +110,17 @@ class OutboxRow(SQLModel, table=True):
     acked_at: datetime | None = _ts()
 
 
+class PushStateRow(SQLModel, table=True):
+    """How pushing to one push VEN goes; no row means it never failed."""
+
+    __tablename__ = "push_state"
+    ven_id: str = Field(primary_key=True)
+    failures: int = 0  # consecutive failed pushes
+    unreachable: bool = False
+    next_attempt: datetime | None = _ts()  # backing off until then
+    last_error: str | None = None
+
+
 class ReportMetaRow(SQLModel, table=True):
     __tablename__ = "report_metadata"
     ven_id: str = Field(primary_key=True)
