@@ -21,19 +21,22 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from adrgate.services import make_engine
 from adrgate.tls import client_context, peer_fingerprint, server_context
 from oadr import codec, conformance
 from oadr.messages import (
     CancelPartyRegistration, CancelReport, CreateReport, DistributeEvent, EventStatus, Message,
-    RequestReregistration, Response, ResponseMessage,
+    OptType, RequestReregistration, Response, ResponseMessage,
 )
 from oadr.signing import SigningKey, fingerprint, verifier
 from tests.certs import Leaf, Pki, write_pki
 from tests.rawven import RawVen, Reply, assert_conformant_reply, telemetry_metadata
 from tests.vtnkit import Vtn, api, running_vtn, simple_event, utcnow, wait_for
+from vtn.eventjson import event_from_json
+from vtn.handlers import Batch
 from vtn.push import PushConfig, PushTls, after_failure, backoff, push_url, refusal
 from vtn.records import VenRecord, VenStatus
-from vtn.store import PushState
+from vtn.store import PushState, VtnStore
 
 OADR = "/OpenADR2/Simple/2.0b"
 # sweeps far apart: whatever arrives during a test was pushed on a notify or a backoff timer
@@ -409,3 +412,68 @@ async def test_mutual_tls_push_signed_and_pinned(listeners: Any, tmp_path: Path)
         assert all(p.signed for p in fleet.received)
         assert set(fleet.peers) == {fingerprint(pki.vtn_rsa.cert_pem)}
         assert fleet.violations == []
+
+
+# --- batched bookkeeping of a fan-out --------------------------------------------------------
+
+def fan_out_store(targets: list[str], url: str = "sqlite://") -> VtnStore:
+    """A store with push VENs a, b, c and event e1 (modification 1) reaching `targets`."""
+    store = VtnStore(make_engine(url))
+    store.create_schema()
+    for ven_id in "abc":
+        store.save_ven(VenRecord(ven_id=ven_id, ven_name=f"n-{ven_id}",
+                                 status=VenStatus.REGISTERED, registration_id=f"r-{ven_id}",
+                                 created=utcnow()))
+    ev = event_from_json(simple_event(), event_id="e1", created=utcnow())
+    store.save_event(ev, ["a", "b", "c"])
+    store.save_event(dataclasses.replace(ev, modification_number=1), targets)
+    return store
+
+
+def test_batched_distribute_records_match_one_at_a_time(database_url: str) -> None:
+    now = utcnow()
+    # b was sent an outdated modification, c's delivery was removed (not sent e1 again)
+    sent: list[tuple[str, list[tuple[str, int, bool]]]] = [
+        ("a", [("e1", 1, True)]), ("b", [("e1", 0, False)]), ("c", [])]
+    one, many = fan_out_store(["a", "b"]), fan_out_store(["a", "b"], database_url)
+    for ven_id, events in sent:
+        one.mark_distributed(ven_id, events, now)
+    assert many.mark_distributed_many([(v, events, now) for v, events in sent]) == [None] * 3
+    assert many.deliveries_for_event("e1") == one.deliveries_for_event("e1")
+    assert [d.ven_id for d in many.deliveries_for_event("e1")] == ["a", "b"]
+    for ven_id in "ab":
+        assert many.poll_state(ven_id, now) == one.poll_state(ven_id, now)
+    assert many.poll_state("b", now).due, "an outdated modification stays owed"
+    one.close()
+    many.close()
+
+
+def test_batched_answers_are_all_or_nothing_per_message(database_url: str) -> None:
+    now = utcnow()
+    store = fan_out_store(["a", "b", "c"], database_url)
+    store.mark_distributed_many([(v, [("e1", 1, True)], now) for v in "abc"])
+    results = store.record_event_responses_many([
+        ("a", [("e1", 1, OptType.OPT_IN, 200)], now),
+        ("b", [("e1", 1, OptType.OPT_OUT, 200), ("not-b's", 0, OptType.OPT_IN, 200)], now),
+        ("c", [("e1", 0, OptType.OPT_OUT, 200), ("e1", 1, OptType.OPT_IN, 200)], now)])
+    assert results == [None, "not-b's", None]
+    acked = {d.ven_id: (d.acked_mod, d.opt_type) for d in store.deliveries_for_event("e1")}
+    assert acked == {"a": (1, OptType.OPT_IN), "b": (-1, None), "c": (1, OptType.OPT_IN)}
+    assert not store.poll_state("a", now).due and store.poll_state("b", now).due
+    store.close()
+
+
+async def test_batch_runs_concurrent_items_together_and_fails_them_together() -> None:
+    runs: list[list[int]] = []
+
+    def double(items: list[int]) -> list[int]:
+        runs.append(items)
+        if 0 in items:
+            raise ValueError("no zeros")
+        return [2 * i for i in items]
+
+    batch = Batch(double, size=3, wait=0.001)
+    assert await asyncio.gather(*(batch(i) for i in (1, 2, 3, 4))) == [2, 4, 6, 8]
+    assert runs == [[1, 2, 3], [4]]  # a full batch runs at once, the rest after the wait
+    results = await asyncio.gather(batch(5), batch(0), return_exceptions=True)
+    assert all(isinstance(r, ValueError) for r in results)

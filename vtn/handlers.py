@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -23,8 +24,8 @@ from oadr.messages import (
 from oadr.router import Router, on
 
 from .records import (
-    MetadataReport, OptRecord, OutboxItem, OutboxKind, ReportRequestRecord, ReportValue,
-    VenRecord, VenStatus,
+    Delivery, EventRecord, MetadataReport, OptRecord, OutboxItem, OutboxKind, ReportRequestRecord,
+    ReportValue, VenRecord, VenStatus,
 )
 from .store import VtnStore
 from .targets import live_events_reaching, narrowed
@@ -61,6 +62,8 @@ class VtnConfig:
                              f"not {self.poll_freq.total_seconds()}")
 
 
+Sent = tuple[str, int, bool]  # an event in a distribute: eventID, modificationNumber, needs ack
+
 M_co = TypeVar("M_co", bound=Message, covariant=True)
 
 
@@ -87,6 +90,51 @@ def _nobody() -> None:
     pass
 
 
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Batch(Generic[T, R]):
+    """Work from many concurrent requests done by one `run` (one transaction): the first item
+    waits up to `wait` seconds for company, at most `size` items share a run. `run` returns one
+    result per item; should it raise, every item of that run gets the exception."""
+
+    def __init__(self, run: Callable[[list[T]], Sequence[R]], *, size: int = 200,
+                 wait: float = 0.002) -> None:
+        self.run, self.size, self.wait = run, size, wait
+        self._items: list[tuple[T, asyncio.Future[R]]] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def __call__(self, item: T) -> R:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[R] = loop.create_future()
+        self._items.append((item, done))
+        if len(self._items) >= self.size:
+            self.flush()
+        elif self._timer is None:
+            self._timer = loop.call_later(self.wait, self.flush)
+        return await done
+
+    def flush(self) -> None:
+        """Run what waits now (also when shutting down)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        items, self._items = self._items, []
+        if not items:
+            return
+        try:
+            results = self.run([item for item, _ in items])
+        except Exception as exc:  # noqa: BLE001 - every waiting request gets the failure
+            for _, done in items:
+                if not done.done():
+                    done.set_exception(exc)
+            return
+        for (_, done), result in zip(items, results, strict=True):
+            if not done.done():
+                done.set_result(result)
+
+
 class VtnHandlers(Router[Ctx]):
     def __init__(self, store: VtnStore, config: VtnConfig, new_id: Callable[[], str]) -> None:
         self.store = store
@@ -94,6 +142,8 @@ class VtnHandlers(Router[Ctx]):
         self.new_id = new_id
         # called after a VEN is newly owed something: the pusher hooks in here
         self.notify: Callable[[], None] = _nobody
+        # oadrCreatedEvents arriving together (a fan-out's answers) share one transaction
+        self._answers = Batch(store.record_event_responses_many)
 
     # --- identity -----------------------------------------------------------------------
 
@@ -109,6 +159,17 @@ class VtnHandlers(Router[Ctx]):
         else:
             ven = self.store.get_ven(ven_id) if ven_id else None
         return self._admit(ven, ven_id, ctx)
+
+    def _sender(self, ven_id: str | None, ctx: Ctx) -> str:
+        """`authenticate` for handlers that need only the venID: the poll hot path's one read
+        instead of loading the whole VEN."""
+        if ven_id is None:
+            return self.authenticate(ven_id, ctx).ven_id
+        state = self.store.poll_state(ven_id, ctx.now)
+        if not state.registered:
+            raise NotRegisteredOrAuthorized(f"venID {ven_id!r} is not registered with this VTN")
+        self._check_fingerprints(ven_id, state.fingerprint, ctx)
+        return ven_id
 
     def _admit(self, ven: VenRecord | None, ven_id: str | None, ctx: Ctx) -> VenRecord:
         if ven is None or not ven.is_registered:
@@ -231,8 +292,19 @@ class VtnHandlers(Router[Ctx]):
         return owed.message
 
     def _distribute(self, ven: VenRecord, now: datetime) -> Owed[DistributeEvent]:
+        message, sent = self.render_distribute(ven, now)
+        return Owed(message, partial(self.store.mark_distributed, ven.ven_id, sent))
+
+    def render_distribute(
+        self, ven: VenRecord, now: datetime,
+        opened: Sequence[tuple[Delivery, EventRecord]] | None = None,
+    ) -> tuple[DistributeEvent, list[Sent]]:
+        """Every current event of this VEN rendered for it at `now`, and what that sends, for
+        `store.mark_distributed`. `opened`: the VEN's `store.ven_events`, when already read."""
         rendered, finished = [], []
-        for delivery, record in self.store.ven_events(ven.ven_id):
+        if opened is None:
+            opened = self.store.ven_events(ven.ven_id)
+        for delivery, record in opened:
             event = ev_time.at(record.event, now)
             acked = delivery.acked_mod >= event.modification_number
             delivered = delivery.delivered_mod >= event.modification_number
@@ -246,9 +318,8 @@ class VtnHandlers(Router[Ctx]):
         self.store.close_finished(ven.ven_id, finished)
         sent = [(e.event_id, e.modification_number, e.response_required is ResponseRequired.ALWAYS)
                 for e in events]
-        return Owed(DistributeEvent(request_id=self.new_id(), vtn_id=self.config.vtn_id,
-                                    events=tuple(events)),
-                    partial(self.store.mark_distributed, ven.ven_id, sent))
+        return DistributeEvent(request_id=self.new_id(), vtn_id=self.config.vtn_id,
+                               events=tuple(events)), sent
 
     @on(RequestEvent, DistributeEvent)
     async def on_request_event(self, msg: RequestEvent, ctx: Ctx) -> DistributeEvent:
@@ -258,13 +329,13 @@ class VtnHandlers(Router[Ctx]):
 
     @on(CreatedEvent, ResponseMessage)
     async def on_created_event(self, msg: CreatedEvent, ctx: Ctx) -> ResponseMessage:
-        ven = self.authenticate(msg.ven_id, ctx)
-        stranger = self.store.record_event_responses(
-            ven.ven_id, [(a.event_id, a.modification_number, a.opt_type, a.code)
-                         for a in msg.event_responses], ctx.now)
+        ven_id = self._sender(msg.ven_id, ctx)
+        stranger = await self._answers((ven_id, [
+            (a.event_id, a.modification_number, a.opt_type, a.code)
+            for a in msg.event_responses], ctx.now))
         if stranger is not None:
-            raise InvalidId(f"eventID {stranger} is not an event of {ven.ven_id}")
-        return ResponseMessage(response=ok(msg.response.request_id), ven_id=ven.ven_id)
+            raise InvalidId(f"eventID {stranger} is not an event of {ven_id}")
+        return ResponseMessage(response=ok(msg.response.request_id), ven_id=ven_id)
 
     # --- poll ---------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import random
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -32,9 +32,9 @@ from oadr.signing import verifier
 
 from adrgate.tls import client_context, pin
 
-from .handlers import VtnHandlers
-from .records import VenRecord
-from .store import PushState, VtnStore
+from .handlers import Batch, VtnHandlers
+from .records import Delivery, EventRecord, VenRecord
+from .store import PushState, PushWork, VtnStore
 
 log = logging.getLogger("adrgate.vtn.push")
 
@@ -145,9 +145,13 @@ class Pusher:
         self._contexts: dict[str | None, ssl.SSLContext] = {}
         self._session: aiohttp.ClientSession | None = None
         self._loop_task: asyncio.Task[None] | None = None
+        self._notices = 0  # `notify` calls so far: a worker pushes again only after one
+        # distributes the VENs took are recorded in batches, one transaction for many VENs
+        self._distributed = Batch(store.mark_distributed_many, wait=0.005)
 
     def notify(self) -> None:
         """Some VEN is newly owed something: sweep now (safe to call often)."""
+        self._notices += 1
         self._wake.set()
 
     async def start(self) -> None:
@@ -162,6 +166,7 @@ class Pusher:
 
     async def stop(self) -> None:
         self.handlers.notify = lambda: None
+        self._distributed.flush()  # distributes VENs already took
         tasks = [t for t in (self._loop_task, *self._tasks) if t is not None]
         for task in tasks:
             task.cancel()
@@ -185,41 +190,58 @@ class Pusher:
     def sweep(self) -> None:
         """Start a worker for every push VEN owed something and not backing off."""
         now = self.clock()
-        for ven_id in self.store.push_targets(now, now - self.config.resend_after,
-                                              self.config.sweep_limit):
-            if ven_id not in self._busy:
-                self._busy.add(ven_id)
-                task = asyncio.create_task(self._serve(ven_id))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+        seen = self._notices
+        work = [w for w in self.store.push_work(now, now - self.config.resend_after,
+                                                self.config.sweep_limit)
+                if w.ven.ven_id not in self._busy and pushable(w.ven)]
+        # one read of the distributes' deliveries for the whole fan-out, not one per VEN
+        opened = self.store.open_deliveries([w.ven.ven_id for w in work if w.distribute])
+        for w in work:
+            self._busy.add(w.ven.ven_id)
+            task = asyncio.create_task(self._serve(w, opened.get(w.ven.ven_id), seen))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, ven_id: str) -> None:
+    async def _serve(self, work: PushWork, opened: Sequence[tuple[Delivery, EventRecord]] | None,
+                     seen: int) -> None:
         # push while the VEN is owed something, as successive polls would fetch it
+        ven_id = work.ven.ven_id
         try:
             for _ in range(self.config.rounds):
-                if not await self._push_next(ven_id):
+                if not await self._push(work, opened):
                     break
+                if work.distribute and not work.outbox and self._notices == seen:
+                    break  # the distribute was all it was owed, and nothing changed since
+                seen, opened = self._notices, None
+                now = self.clock()
+                again = self.store.push_work(now, now - self.config.resend_after, 1, ven_id)
+                if not again or not pushable(again[0].ven):
+                    break
+                work = again[0]
         except Exception:
             log.exception("pushing to %s failed", ven_id)
         finally:
             self._busy.discard(ven_id)
 
-    async def _push_next(self, ven_id: str) -> bool:
+    async def _push(self, work: PushWork,
+                    opened: Sequence[tuple[Delivery, EventRecord]] | None) -> bool:
         """Push the next message the VEN is owed; True when it took one (look for more)."""
-        ven = self.store.get_ven(ven_id)
-        if ven is None or not pushable(ven):
-            return False
-        now = self.clock()
-        resend_before = now - self.config.resend_after
-        owed = self.handlers.owed(ven, now, resend_before,
-                                  distribute=self.store.push_owed(ven_id, resend_before))
-        if owed is None:
-            return False
-        error = await self._post(ven, owed.message)
+        ven, now = work.ven, self.clock()
+        if work.distribute:
+            message, sent = self.handlers.render_distribute(ven, now, opened)
+            error = await self._post(ven, message)
+            if error is None:
+                await self._distributed((ven.ven_id, sent, self.clock()))
+        else:
+            owed = self.handlers.owed(ven, now, now - self.config.resend_after, distribute=False)
+            if owed is None:
+                return False
+            error = await self._post(ven, owed.message)
+            if error is None:
+                owed.record(self.clock())
         if error is not None:
             self._failed(ven, error)
             return False
-        owed.record(self.clock())
         self._succeeded(ven)
         return True
 

@@ -17,9 +17,12 @@ from typing import Any
 
 from sqlalchemy import (
     BindParameter,
+    Boolean,
     Connection,
     Engine,
+    Integer,
     String,
+    and_,
     bindparam,
     delete,
     exists,
@@ -93,6 +96,15 @@ class PushState:
     last_error: str | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PushWork:
+    """A push VEN and what it is owed, as one sweep read them."""
+
+    ven: VenRecord
+    distribute: bool  # a distribute is owed (see `_push_owed`)
+    outbox: bool  # a queued message is ready to (re)send
+
+
 def _push_owed(ven_id: Any, resend_before: Any) -> Any:
     """A distribute is owed to a push VEN: an event it has not been sent at its current
     modification (or an omission), or one still unacknowledged since `resend_before`."""
@@ -118,6 +130,20 @@ _POLL_STATE = sa_select(
     exists().where(col(DeliveryRow.ven_id) == _VEN, col(DeliveryRow.due)).label("owed"),
     _outbox_ready(_VEN, bindparam("resend")).label("queued"),
 ).where(col(VenRow.ven_id) == _VEN)
+
+
+# one delivery recorded as pushed: a newer modification, or an unmet acknowledgement, stays owed
+_MARK_DISTRIBUTED = update(DeliveryRow).where(
+    col(DeliveryRow.ven_id) == bindparam("v_id"),
+    col(DeliveryRow.event_id) == bindparam("e_id"),
+    col(DeliveryRow.removed) == False,  # noqa: E712
+).values(
+    delivered_mod=bindparam("mod", type_=Integer), delivered_at=bindparam("at"),
+    due=or_(and_(bindparam("needs_ack", type_=Boolean),
+                 col(DeliveryRow.acked_mod) < bindparam("mod", type_=Integer)),
+            func.coalesce(sa_select(col(EventRow.modification_number)).where(
+                col(EventRow.event_id) == col(DeliveryRow.event_id)).scalar_subquery(),
+                bindparam("mod", type_=Integer)) > bindparam("mod", type_=Integer)))
 
 
 def _push_state(row: PushStateRow) -> PushState:
@@ -149,6 +175,71 @@ def _ack(ven_id: str, kind: OutboxKind) -> Update:
     return update(OutboxRow).where(col(OutboxRow.ven_id) == ven_id,
                                    col(OutboxRow.kind) == str(kind),
                                    col(OutboxRow.acked_at).is_(None))
+
+
+_IN_CHUNK = 500  # ids per IN list, well under every database's bound-parameter limit
+
+Answer = tuple[str, int, OptType, int]  # a VEN's answer: eventID, modificationNumber, opt, code
+
+_ANSWER = update(DeliveryRow).where(
+    col(DeliveryRow.ven_id) == bindparam("v_id"), col(DeliveryRow.event_id) == bindparam("e_id"),
+).values(acked_mod=bindparam("acked", type_=Integer), opt_type=bindparam("opt"),
+         response_code=bindparam("code", type_=Integer), responded_at=bindparam("at"),
+         due=bindparam("still_due", type_=Boolean))
+
+
+@dataclass(slots=True)
+class _Answered:
+    """A delivery as answers change it, before it is written back."""
+
+    removed: bool
+    acked: int
+    delivered: int
+    due: bool
+    current: int | None  # the event's modificationNumber
+    opt: str | None = None
+    code: int | None = None
+    at: datetime | None = None
+
+
+def _record_answers(conn: Connection, batch: Sequence[tuple[str, Sequence[Answer], datetime]]
+                    ) -> list[str | None]:
+    """Record messages of answers (ven_id, answers, now), each all or nothing: per message,
+    the first eventID that is not its VEN's (that message is not recorded), else None."""
+    ven_ids = sorted({v for v, _, _ in batch})
+    event_ids = sorted({a[0] for _, answers, _ in batch for a in answers})
+    found: dict[tuple[str, str], _Answered] = {}
+    for v in range(0, len(ven_ids), _IN_CHUNK):
+        for e in range(0, len(event_ids), _IN_CHUNK):
+            for row in conn.execute(sa_select(
+                    col(DeliveryRow.ven_id), col(DeliveryRow.event_id), col(DeliveryRow.removed),
+                    col(DeliveryRow.acked_mod), col(DeliveryRow.delivered_mod),
+                    col(DeliveryRow.due), col(EventRow.modification_number)).outerjoin(
+                    EventRow, col(EventRow.event_id) == col(DeliveryRow.event_id)).where(
+                    col(DeliveryRow.ven_id).in_(ven_ids[v:v + _IN_CHUNK]),
+                    col(DeliveryRow.event_id).in_(event_ids[e:e + _IN_CHUNK]))):
+                found[(row[0], row[1])] = _Answered(
+                    removed=row[2], acked=row[3], delivered=row[4], due=row[5], current=row[6])
+    strangers: list[str | None] = []
+    changed: dict[tuple[str, str], _Answered] = {}
+    for ven_id, answers, now in batch:
+        stranger = next((event_id for event_id, _, _, _ in answers
+                         if (d := found.get((ven_id, event_id))) is None or d.removed), None)
+        strangers.append(stranger)
+        if stranger is not None:
+            continue
+        for event_id, mod, opt, code in answers:
+            d = found[(ven_id, event_id)]
+            current = d.current if d.current is not None else mod
+            d.acked, d.opt, d.code, d.at = max(d.acked, mod), str(opt), code, now
+            if d.acked >= current and d.delivered >= current:
+                d.due = False
+            changed[(ven_id, event_id)] = d
+    if changed:
+        conn.execute(_ANSWER, [
+            {"v_id": v, "e_id": e, "acked": d.acked, "opt": d.opt, "code": d.code, "at": d.at,
+             "still_due": d.due} for (v, e), d in changed.items()])
+    return strangers
 
 
 class _NotYours(Exception):
@@ -344,34 +435,40 @@ class VtnStore:
                 col(DeliveryRow.ven_id) == ven_id, col(DeliveryRow.removed) == True,  # noqa: E712
                 col(DeliveryRow.event_id).not_in([event_id for event_id, _, _ in sent])))
 
-    def record_event_responses(self, ven_id: str, answers: Sequence[tuple[str, int, OptType, int]],
+    def mark_distributed_many(
+            self, batch: Sequence[tuple[str, Sequence[tuple[str, int, bool]], datetime]]
+    ) -> list[None]:
+        """`mark_distributed` for many distributes (ven_id, sent, now), in one transaction."""
+        rows = [{"v_id": ven_id, "e_id": event_id, "mod": mod, "needs_ack": needs_ack, "at": now}
+                for ven_id, sent, now in batch for event_id, mod, needs_ack in sent]
+        by_sent: dict[frozenset[str], list[str]] = {}
+        for ven_id, sent, _ in batch:
+            by_sent.setdefault(frozenset(e for e, _, _ in sent), []).append(ven_id)
+        with self.engine.begin() as conn:
+            if rows:
+                conn.execute(_MARK_DISTRIBUTED, rows)
+            for event_ids, ven_ids in by_sent.items():  # one per distinct set of events sent
+                for start in range(0, len(ven_ids), _IN_CHUNK):
+                    conn.execute(delete(DeliveryRow).where(
+                        col(DeliveryRow.ven_id).in_(ven_ids[start:start + _IN_CHUNK]),
+                        col(DeliveryRow.removed) == True,  # noqa: E712
+                        col(DeliveryRow.event_id).not_in(sorted(event_ids))))
+        return [None] * len(batch)
+
+    def record_event_responses(self, ven_id: str, answers: Sequence[Answer],
                                now: datetime) -> str | None:
         """Record a VEN's answers (event_id, modificationNumber, opt, code), all or nothing.
 
         Returns the first eventID that is not this VEN's (nothing recorded then), else None.
         """
-        try:
-            with self._tx() as s:
-                self._record_answers(s, ven_id, answers, now)
-        except _NotYours as exc:
-            return exc.event_id
-        return None
+        return self.record_event_responses_many([(ven_id, answers, now)])[0]
 
-    @staticmethod
-    def _record_answers(s: Session, ven_id: str,
-                        answers: Sequence[tuple[str, int, OptType, int]], now: datetime) -> None:
-        for event_id, mod, opt, code in answers:
-            row = s.get(DeliveryRow, (ven_id, event_id))
-            if row is None or row.removed:
-                raise _NotYours(event_id)  # rolls the whole answer back
-            ev = s.get(EventRow, event_id)
-            current = ev.modification_number if ev else mod
-            row.acked_mod = max(row.acked_mod, mod)
-            row.opt_type = str(opt)
-            row.response_code = code
-            row.responded_at = now
-            if row.acked_mod >= current and row.delivered_mod >= current:
-                row.due = False
+    def record_event_responses_many(
+            self, batch: Sequence[tuple[str, Sequence[Answer], datetime]]) -> list[str | None]:
+        """`record_event_responses` for many messages (ven_id, answers, now) in one
+        transaction; each message is still all or nothing."""
+        with self.engine.begin() as conn:
+            return _record_answers(conn, batch)
 
     def close_finished(self, ven_id: str, event_ids: Sequence[str]) -> None:
         """Stop sending events that are over for this VEN (completed, or cancelled and
@@ -425,26 +522,44 @@ class VtnStore:
 
     # --- push ---------------------------------------------------------------------------
 
-    def push_owed(self, ven_id: str, resend_before: datetime) -> bool:
-        """A distribute is owed to this push VEN (see `_push_owed`)."""
+    def push_work(self, now: datetime, resend_before: datetime, limit: int,
+                  ven_id: str | None = None) -> list[PushWork]:
+        """Registered push VENs owed a distribute or an outbox item and not backing off, with
+        their records and what they are owed, in one query (only `ven_id`, when given)."""
+        owed = _push_owed(col(VenRow.ven_id), resend_before)
+        queued = _outbox_ready(col(VenRow.ven_id), resend_before)
+        q = (sa_select(VenRow, owed.label("owed"), queued.label("queued")).outerjoin(
+            PushStateRow, col(PushStateRow.ven_id) == col(VenRow.ven_id)).where(
+            col(VenRow.status) == str(VenStatus.REGISTERED),
+            col(VenRow.registration_id).is_not(None),
+            col(VenRow.http_pull_model) == False,  # noqa: E712
+            col(VenRow.transport_address).is_not(None),
+            or_(col(PushStateRow.next_attempt).is_(None), col(PushStateRow.next_attempt) <= now),
+            or_(owed, queued)).order_by(col(VenRow.ven_id)).limit(limit))
+        if ven_id is not None:
+            q = q.where(col(VenRow.ven_id) == ven_id)
         with Session(self.engine) as s:
-            return bool(s.scalar(sa_select(_push_owed(ven_id, resend_before))))
+            return [PushWork(ven=ven_record(ven), distribute=bool(due), outbox=bool(ready))
+                    for ven, due, ready in s.execute(q)]
 
-    def push_targets(self, now: datetime, resend_before: datetime, limit: int) -> list[str]:
-        """Registered push VENs owed a distribute or an outbox item and not backing off."""
+    def open_deliveries(self, ven_ids: Sequence[str]
+                        ) -> dict[str, list[tuple[Delivery, EventRecord]]]:
+        """`ven_events` for many VENs in few queries; each event is decoded once."""
+        found: dict[str, list[tuple[Delivery, EventRecord]]] = {v: [] for v in ven_ids}
+        decoded: dict[tuple[str, int], EventRecord] = {}
         with Session(self.engine) as s:
-            q = (select(col(VenRow.ven_id)).outerjoin(
-                PushStateRow, col(PushStateRow.ven_id) == col(VenRow.ven_id)).where(
-                col(VenRow.status) == str(VenStatus.REGISTERED),
-                col(VenRow.registration_id).is_not(None),
-                col(VenRow.http_pull_model) == False,  # noqa: E712
-                col(VenRow.transport_address).is_not(None),
-                or_(col(PushStateRow.next_attempt).is_(None),
-                    col(PushStateRow.next_attempt) <= now),
-                or_(_push_owed(col(VenRow.ven_id), resend_before),
-                    _outbox_ready(col(VenRow.ven_id), resend_before)))
-                .order_by(col(VenRow.ven_id)).limit(limit))
-            return list(s.exec(q))
+            for start in range(0, len(ven_ids), _IN_CHUNK):
+                rows = s.exec(select(DeliveryRow, EventRow).join(
+                    EventRow, col(EventRow.event_id) == col(DeliveryRow.event_id)).where(
+                    col(DeliveryRow.ven_id).in_(ven_ids[start:start + _IN_CHUNK]),
+                    col(DeliveryRow.removed) == False,  # noqa: E712
+                    col(DeliveryRow.finished) == False))  # noqa: E712
+                for d, e in rows:
+                    key = (e.event_id, e.modification_number)
+                    if key not in decoded:
+                        decoded[key] = event_record(e)
+                    found[d.ven_id].append((delivery_record(d), decoded[key]))
+        return found
 
     def push_states(self) -> dict[str, PushState]:
         """The VENs whose last push failed (every other VEN is healthy)."""
@@ -534,9 +649,11 @@ class VtnStore:
         try:
             with self._tx() as s:
                 if opt.event_id is not None:
-                    self._record_answers(s, opt.ven_id, [(
+                    stranger = _record_answers(s.connection(), [(opt.ven_id, [(
                         opt.event_id, opt.modification_number or 0, opt.opt_type, 200)],
-                        opt.created)
+                        opt.created)])[0]
+                    if stranger is not None:
+                        raise _NotYours(stranger)
                 self._put_opt(s, opt)
         except _NotYours as exc:
             return exc.event_id
