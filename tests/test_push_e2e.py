@@ -84,3 +84,18 @@ async def test_pull_and_push_vens_on_one_event() -> None:
                 await answered(vtn, event_id, ven_id, 0)
             assert "oadrPoll" in f.wire.types("pull-c") and "oadrPoll" not in f.wire.types("push-c")
             assert utcnow() - t0 < timedelta(minutes=1)
+
+
+async def test_a_push_ven_with_fallback_registers_as_pull_when_no_push_comes() -> None:
+    async with running_vtn(**FAST) as vtn:
+        spec = dataclasses.replace(push_ven(vtn.oadr_url, "push-d"), push_fallback_to_pull=2)
+        async with running_fleet([spec], push_listen=LISTEN) as f:
+            (ven_id,) = await registered(vtn, 1)
+            # two silent poll periods: it registers again, as a pull VEN, and polls
+            await wait_for(lambda: (v := vtn.store.get_ven(ven_id)) is not None
+                           and v.http_pull_model, timeout=30, what="the re-registration as pull")
+            await wait_for(lambda: "oadrPoll" in f.wire.types("push-d"), timeout=30,
+                           what="polls")
+            event_id = await create(vtn, simple_event(targets={"ven_ids": [ven_id]},
+                                                      start_in=timedelta(minutes=5)))
+            await answered(vtn, event_id, ven_id, 0)

@@ -249,18 +249,25 @@ def test_push_for_another_ven_or_not_pushable_is_refused_with_a_code(msg: Messag
     h.quiet()
 
 
-def test_fallback_polls_after_n_silent_periods_until_a_push_comes() -> None:
+def test_fallback_registers_again_as_a_pull_ven_after_n_silent_periods() -> None:
     h = push_ready(push_fallback_to_pull=3)
     registered = h.now
     assert h.agent.next_poll == registered + 3 * POLL
+    pushed(h, distribute("dist-1"))  # a push: silence again for 3 periods from now
+    assert h.agent.next_poll == h.now + 3 * POLL
     h.advance(3 * POLL - timedelta(seconds=1))
     h.quiet()
-    h.poll()  # 3 periods without a push
-    assert h.now == registered + 3 * POLL
-    h.poll()  # then at the poll rate
-    assert h.now == registered + 4 * POLL
-    pushed(h, distribute("dist-1"))  # a push: silence again for 3 periods
-    assert h.agent.next_poll == h.now + 3 * POLL
+    h.advance(timedelta(seconds=1))
+    # 3 periods without a push: a VTN takes no oadrPoll from a push VEN, so register as pull
+    again = h.exchange(CreatePartyRegistration, lambda c: CreatedPartyRegistration(
+        response=Response(request_id=c.request_id), vtn_id=VTN, registration_id=REG_ID,
+        ven_id=c.ven_id or VEN_ID, poll_freq=POLL))
+    assert (again.http_pull_model, again.transport_address) == (True, None)
+    assert again.ven_id == VEN_ID and again.registration_id == REG_ID
+    h.exchange(RegisterReport, lambda r: RegisteredReport(
+        response=Response(request_id=r.request_id), ven_id=VEN_ID))
+    h.exchange(RequestEvent, lambda r: distribute("dist-2", now=h.now))
+    h.poll()  # and it polls from now on
 
 
 # --- the listener, end to end -----------------------------------------------------------

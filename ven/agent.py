@@ -11,7 +11,8 @@ Rules of this file:
 - Every state change goes through `_put_*`/`_drop_*`, which record it in `pending` for the store;
   the caller flushes `take_changes()` after each exchange.
 - A push VEN (`push_address` given) gets the VTN's requests by `on_pushed` instead of on polls,
-  and takes them in the same way; it polls only as the configured fallback.
+  and takes them in the same way; with the configured fallback, a long silence makes it
+  register again as a pull VEN.
 """
 
 from __future__ import annotations
@@ -158,6 +159,13 @@ class VenAgent:
             if out is not None:
                 return out
         if self._polls() and (self.next_poll is None or now >= self.next_poll):
+            if self.push_address is not None:
+                # No push for too long: fall back to pull by registering again as a pull VEN
+                # (a VTN takes no oadrPoll from a push VEN).
+                self.push_address = None
+                self._note_error("no push came: registering again as a pull VEN")
+                self._put_registration(state=RegState.QUERIED)
+                return self._registration_message(REG_NEXT[RegState.QUERIED], now)
             return self._out(Poll(ven_id=ven_id))
         return None
 

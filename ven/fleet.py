@@ -100,7 +100,8 @@ class VenSpec:
     min_opt_in_share: float = 0.5  # opt out when less than this share of a request can be met
     response_programs: tuple[str, ...] = ()  # market contexts whose events are response DSR
     push: bool = False  # the VTN pushes to the fleet's listener; no oadrPoll
-    # A push VEN polls anyway once no push has come for this many poll periods; None: never.
+    # A push VEN registers again as a pull VEN once no push has come for this many poll
+    # periods; None: never.
     push_fallback_to_pull: int | None = None
 
 
