@@ -84,3 +84,13 @@ def test_cmb_validation_quick_judges_every_plan_and_runs_the_monitors_through_a_
     assert (m.devices, m.changes, m.ticks) == (2000, 4000, 1440) and m.alerts == 0
     assert m.observe_s > 0 and m.tick_s > 0 and m.bytes_per_device > 0
     assert "| 2,000 | 4,000 |" in cmb_validation.report(results)
+
+
+async def test_push_latency_quick_every_ven_answers_in_both_modes() -> None:
+    from bench import event_latency, push_latency
+
+    rows = await push_latency.run([3], event_latency.Options(period=1.0, timeout=20.0))
+    assert [(r.mode, r.result.vens, r.result.acknowledged) for r in rows] == [
+        ("push", 3, 3), ("pull", 3, 3)]
+    assert all(r.result.all_s is not None and r.result.poll_errors == 0 for r in rows)
+    assert "| 3 | push |" in push_latency.report(rows)
