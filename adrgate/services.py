@@ -25,10 +25,11 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 from urllib.parse import quote
 
-from sqlalchemy import event
+from sqlalchemy import Table, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.pool import StaticPool
-from sqlmodel import create_engine
+from sqlmodel import Session, create_engine
 
 from adrgate.settings import Settings
 
@@ -380,3 +381,20 @@ def _require_reachable(path: Path, user: pwd.struct_passwd) -> None:
             raise ServiceError(f"PostgreSQL runs as {user.pw_name!r} (it refuses root), which cannot "
                                f"enter {parent} to reach {path}; use a directory it can reach "
                                f"(e.g. under /tmp) or chmod o+x {parent}")
+
+
+_INSERTS: dict[str, Callable[[Table], postgresql.Insert | sqlite.Insert]] = {
+    "postgresql": postgresql.insert, "sqlite": sqlite.insert}
+
+
+def upsert_values(s: Session, table: Any, params: list[dict[str, Any]]) -> None:
+    """Insert rows of `table` from plain column values, replacing those whose primary key
+    exists, in one statement (SQLite and PostgreSQL): no ORM objects for bulk rows."""
+    if not params:
+        return
+    key = [c.name for c in table.primary_key.columns]
+    names = [c.name for c in table.columns]
+    stmt = _INSERTS[s.get_bind().dialect.name](table)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=key, set_={n: stmt.excluded[n] for n in names if n not in key})
+    s.exec(stmt, params=params)

@@ -19,8 +19,8 @@ from pydantic import TypeAdapter
 from sqlalchemy import JSON, Column, Engine, Text, delete, func
 from sqlmodel import Field, Session, col, select
 
+from adrgate.services import upsert_values
 from ven.records import GridSignal
-from ven.store import upsert_values
 from ven.tables import FLEET_METADATA, FleetTable, ts_field
 
 from .channel import Dispatch, decode_dispatch, encode_dispatch

@@ -8,17 +8,17 @@ records from `ven.records` go in and out, rows never leave this module. Writes a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from sqlalchemy import Engine, Table, delete
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Engine, delete
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
+from adrgate.services import upsert_values
 from oadr.messages import OptType
 
 from .records import Changes, Registration, RegState, Sample, VenSnapshot
@@ -28,8 +28,6 @@ from .tables import (
     registration_row, request_record, request_row, sample_record, sample_row,
 )
 
-_INSERTS: dict[str, Callable[[Table], postgresql.Insert | sqlite.Insert]] = {
-    "postgresql": postgresql.insert, "sqlite": sqlite.insert}
 _PER_VEN: tuple[type[FleetTable], ...] = (RegistrationRow, EventRow, OptRow, RequestRow,
                                           HeartbeatRow)  # what `forget` deletes: not samples
 
@@ -86,18 +84,6 @@ def _upsert(s: Session, rows: Sequence[FleetTable]) -> None:
     names = [c.name for c in table.columns]
     # in order: the last of a key wins
     upsert_values(s, table, [{n: getattr(r, n) for n in names} for r in rows])
-
-
-def upsert_values(s: Session, table: Any, params: list[dict[str, Any]]) -> None:
-    """`_upsert` from plain column values: no ORM objects for bulk rows."""
-    if not params:
-        return
-    key = [c.name for c in table.primary_key.columns]
-    names = [c.name for c in table.columns]
-    stmt = _INSERTS[s.get_bind().dialect.name](table)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=key, set_={n: stmt.excluded[n] for n in names if n not in key})
-    s.exec(stmt, params=params)
 
 
 def _of(model: type[_Row], ven_name: str | None) -> SelectOfScalar[_Row]:

@@ -18,7 +18,7 @@ from pydantic import TypeAdapter
 from sqlalchemy import Engine, insert
 from sqlmodel import Session, SQLModel, col, select
 
-from ven.store import upsert_values
+from adrgate.services import upsert_values
 from vtn.tables import as_utc
 
 from .records import Alert, DeviceRegistration, Override, OverrideStatus, Prognosis, Tariff, Verdict
