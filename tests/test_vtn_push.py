@@ -33,7 +33,7 @@ from tests.certs import Leaf, Pki, write_pki
 from tests.rawven import RawVen, Reply, assert_conformant_reply, telemetry_metadata
 from tests.vtnkit import Vtn, api, running_vtn, simple_event, utcnow, wait_for
 from vtn.eventjson import event_from_json
-from vtn.handlers import Batch
+from vtn.batch import Batch
 from vtn.push import PushConfig, PushTls, after_failure, backoff, push_url, refusal
 from vtn.records import VenRecord, VenStatus
 from vtn.store import PushState, VtnStore

@@ -32,7 +32,8 @@ from oadr.signing import verifier
 
 from adrgate.tls import client_context, pin
 
-from .handlers import Batch, VtnHandlers
+from .batch import Batch
+from .handlers import VtnHandlers
 from .records import Delivery, EventRecord, VenRecord
 from .store import PushState, PushWork, VtnStore
 
