@@ -17,7 +17,7 @@ from ven.fleet import AvailabilitySpec, ResourceSpec
 from ven.records import GridSignal
 
 # LOAD_DISPATCH values are power (a conformance rule); a missing unit is read as kW.
-_KW_PER_UNIT: Final[Mapping[str | None, float]] = {"W": 1e-3, "kW": 1.0, "MW": 1e3, "GW": 1e6}
+KW_PER_UNIT: Final[Mapping[str | None, float]] = {"W": 1e-3, "kW": 1.0, "MW": 1e3, "GW": 1e6}
 # SIMPLE levels and thermostat offsets are read on a 0..3 scale: 3 (or 3 degrees) asks for all of
 # the flexible band, less asks for a proportional share of it.
 _FULL_SCALE: Final = 3.0
@@ -50,7 +50,7 @@ def unavailable(availability: Sequence[AvailabilitySpec], resources: Sequence[st
 
 
 def signal_kw(signal: GridSignal, value: float) -> float:
-    return value * _KW_PER_UNIT.get(signal.unit, 1.0)
+    return value * KW_PER_UNIT.get(signal.unit, 1.0)
 
 
 # (signalName, signalType) -> kW asked for one interval value, given the resources' totals.

@@ -79,11 +79,12 @@ async def test_operator_commands(tmp_path: Path, capsys: pytest.CaptureFixture[s
 async def test_openapi_document_lists_every_route() -> None:
     from tests.vtnkit import api
     from vtn.api import ROUTES
+    from vtn.dashboard import ROUTES as DASHBOARD, STREAM
 
     async with running_vtn() as vtn:
         status, doc = await api(vtn, "GET", "/api/openapi.json")
         assert status == 200 and doc["openapi"].startswith("3.")
         listed = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
-        assert listed == {(r.method, r.path) for r in ROUTES}
+        assert listed == {(r.method, r.path) for r in (*ROUTES, *DASHBOARD, STREAM)}
         status, health = await api(vtn, "GET", "/api/health")
         assert status == 200 and health["vtn_id"] == "TEST-VTN"

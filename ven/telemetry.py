@@ -34,6 +34,7 @@ from datetime import datetime, timedelta
 from typing import Final
 
 from oadr.messages import LoadControlState, OptReason
+from policies.flexibility import KW_PER_UNIT
 
 from .fleet import AvailabilitySpec, ResourceSpec
 from .records import GridSignal
@@ -46,7 +47,6 @@ Availability = Callable[[str, datetime], tuple[bool, bool]]
 _STEP: Final = timedelta(minutes=1)
 _HOUR: Final = timedelta(hours=1)
 _KEEP: Final = 4096  # recorded readings per resource: far more than one report window needs
-_KW_PER_UNIT: Final = {None: 1.0, "kW": 1.0, "W": 0.001, "MW": 1000.0}
 _CAPACITY: Final = ("LOAD_CONTROL", "x-loadControlCapacity")
 _MODELLED: Final = frozenset({_CAPACITY, ("LOAD_DISPATCH", "setpoint"), ("SIMPLE", "level")})
 
@@ -114,7 +114,7 @@ class ModelTelemetry:
                 capacity = min(max(value, 0.0), 1.0)
                 power = min(baseline, capacity * resource.rated_kw)
             elif kind[0] == "LOAD_DISPATCH":
-                setpoint = value * _KW_PER_UNIT.get(signal.unit, 1.0)
+                setpoint = value * KW_PER_UNIT.get(signal.unit, 1.0)
                 power = min(max(setpoint, baseline - flexible), baseline + flexible)
             else:
                 power = baseline - flexible * min(max(value, 0.0), 3.0) / 3

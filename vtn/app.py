@@ -166,4 +166,7 @@ def make_app(deps: VtnDeps, cmb: Cmb | None = None) -> web.Application:
         from .cmb.api import add_cmb_routes
 
         add_cmb_routes(app, cmb)
+    from .dashboard import add_dashboard
+
+    add_dashboard(app)
     return app
