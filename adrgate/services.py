@@ -387,14 +387,18 @@ _INSERTS: dict[str, Callable[[Table], postgresql.Insert | sqlite.Insert]] = {
     "postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
 
-def upsert_values(s: Session, table: Any, params: list[dict[str, Any]]) -> None:
+def upsert_values(s: Session, table: Any, params: list[dict[str, Any]], *,
+                  newer: str | None = None) -> None:
     """Insert rows of `table` from plain column values, replacing those whose primary key
-    exists, in one statement (SQLite and PostgreSQL): no ORM objects for bulk rows."""
+    exists, in one statement (SQLite and PostgreSQL): no ORM objects for bulk rows. With
+    `newer`, an existing row is replaced only when its `newer` column is smaller (several
+    writers, such as VTN replicas, then never move a time backwards)."""
     if not params:
         return
     key = [c.name for c in table.primary_key.columns]
     names = [c.name for c in table.columns]
     stmt = _INSERTS[s.get_bind().dialect.name](table)
     stmt = stmt.on_conflict_do_update(
-        index_elements=key, set_={n: stmt.excluded[n] for n in names if n not in key})
+        index_elements=key, set_={n: stmt.excluded[n] for n in names if n not in key},
+        where=None if newer is None else table.c[newer] < stmt.excluded[newer])
     s.exec(stmt, params=params)

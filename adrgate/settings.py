@@ -16,7 +16,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from vtn.handlers import RegistrationPolicy, ReportVia
+from vtn.records import RegistrationPolicy, ReportVia
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

@@ -30,6 +30,7 @@ from vtn.dashboard_data import (
     area_charts,
     online_state,
 )
+from oadr.isotime import parse_datetime
 from vtn.eventjson import event_from_json
 from vtn.records import EventRecord
 from vtn.store import VtnStore
@@ -121,6 +122,12 @@ async def test_fleet_events_and_power_follow_a_ven_and_a_dispatch_event() -> Non
         (ven,) = await wait_async(online, "the VEN reported online")
         assert (ven["ven_id"], ven["ven_name"], ven["status"]) == (ven_id, "agg-1", "registered")
         assert ven["transport"] == "pull" and ven["last_contact"] and ven["last_report"]
+
+        async def last_poll() -> Any:
+            return (await get(vtn, "fleet"))["vens"][0]["last_poll"]
+
+        polled = await wait_async(last_poll, "the VEN's last poll recorded")
+        assert parse_datetime(polled) >= parse_datetime(ven["registered_at"])
 
         event_id = await create(vtn, dispatch(ven_id))
 

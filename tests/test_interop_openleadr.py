@@ -15,7 +15,7 @@ import pytest
 from openleadr import OpenADRClient
 
 from oadr.messages import OptType
-from vtn.handlers import ReportVia
+from vtn.records import ReportVia
 from vtn.records import Delivery
 
 from tests.vtnkit import Vtn, Wire, api, running_vtn, simple_event, utcnow, wait_for

@@ -18,7 +18,7 @@ from oadr.messages import (
     Report, ReportInterval, ReportPoint, ResourceStatus,
     Response, ResponseMessage, Target, UpdatedReport, UpdateReport,
 )
-from vtn.handlers import ReportVia
+from vtn.records import ReportVia
 
 from tests.rawven import RawVen, code, new_id, telemetry_metadata
 from tests.vtnkit import Vtn, api, running_vtn, simple_event, utcnow

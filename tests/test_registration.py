@@ -14,7 +14,7 @@ from oadr.messages import (
     CanceledPartyRegistration, CancelPartyRegistration, CreatedPartyRegistration,
     RequestReregistration, Response, ResponseMessage,
 )
-from vtn.handlers import RegistrationPolicy
+from vtn.records import RegistrationPolicy
 from vtn.records import VenStatus
 
 from tests.rawven import Clock, RawVen, code, new_id

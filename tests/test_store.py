@@ -103,6 +103,16 @@ def test_reports_and_opts(store: VtnStore) -> None:
     assert store.get_opt("a", "o1") == opt
 
 
+def test_poll_times_never_move_backwards(store: VtnStore) -> None:
+    """Replicas write the poll times they saw; an older time from one never hides a newer."""
+    now = utcnow()
+    store.record_polls({"a": now, "b": now - timedelta(seconds=30)})
+    store.record_polls({"a": now - timedelta(seconds=5), "b": now})
+    assert store.last_polls() == {"a": now, "b": now}
+    store.record_polls({})
+    assert store.last_polls() == {"a": now, "b": now}
+
+
 async def test_two_vtns_share_one_database(database_url: str) -> None:
     """An event created on one VTN reaches a VEN that polls the other (one shared state)."""
     async with running_vtn(database_url, poll_freq=timedelta(seconds=1)) as first, \
@@ -117,5 +127,7 @@ async def test_two_vtns_share_one_database(database_url: str) -> None:
             assert status == 201, ev
             await wait_for(lambda: [d for d in first.store.deliveries_for_event(ev["event_id"])
                                     if d.acked_mod == 0], what="ack seen by the first VTN")
+            await wait_for(lambda: client.ven_id in first.store.last_polls(),
+                           what="the poll times the second VTN saw, read by the first")
         finally:
             await client.stop()

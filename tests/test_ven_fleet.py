@@ -16,7 +16,7 @@ from adrgate.services import free_port
 from oadr.messages import EventStatus, OptReason, OptType
 from ven.fleet import AvailabilitySpec
 from ven.records import Changes, RegState
-from vtn.handlers import RegistrationPolicy, ReportVia
+from vtn.records import RegistrationPolicy, ReportVia
 
 from tests.venkit import PROGRAM, battery, running_fleet, ven_spec
 from tests.vtnkit import Handler, Vtn, api, running_vtn, simple_event, utcnow, wait_for

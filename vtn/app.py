@@ -6,16 +6,19 @@ HTTP 4xx (unreadable request) or an OpenADR response code; nothing reaches aioht
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache, partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from sqlalchemy.exc import SQLAlchemyError
 
 from adrgate.tls import peer_fingerprint as from_ssl
 from oadr import codec
@@ -137,6 +140,30 @@ async def pushing(app: web.Application) -> AsyncIterator[None]:
     await app[PUSHER].stop()
 
 
+POLL_FLUSH_EVERY: Final = 5.0  # seconds between writes of the VENs' latest poll times
+
+
+async def recording_polls(app: web.Application) -> AsyncIterator[None]:
+    """Write the latest poll times every few seconds, and once more at shutdown."""
+    deps = app[DEPS]
+
+    async def flush_forever() -> None:
+        while True:
+            await asyncio.sleep(POLL_FLUSH_EVERY)
+            try:
+                await asyncio.to_thread(deps.store.record_polls, deps.handlers.take_polls())
+            except SQLAlchemyError:  # the database is down: polls fail too; later ones count
+                log.warning("could not record poll times", exc_info=True)
+
+    task = asyncio.create_task(flush_forever(), name="vtn-poll-times")
+    yield
+    task.cancel()
+    with suppress(asyncio.CancelledError):
+        await task
+    with suppress(SQLAlchemyError):
+        deps.store.record_polls(deps.handlers.take_polls())
+
+
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Operator API errors as JSON; unexpected exceptions as 500 with a logged traceback."""
@@ -162,6 +189,7 @@ def make_app(deps: VtnDeps, cmb: Cmb | None = None) -> web.Application:
                          clock=lambda: deps.clock(), config=deps.push,
                          require_signatures=deps.require_signatures)
     app.cleanup_ctx.append(pushing)
+    app.cleanup_ctx.append(recording_polls)
     if cmb is not None:
         from .cmb.api import add_cmb_routes
 

@@ -196,6 +196,7 @@ async def fleet(request: web.Request) -> web.Response:
     now = deps.clock()
     push = deps.store.push_states()
     seen, present = contacts(deps.store.engine), presence(deps.store.engine)
+    polls = deps.store.last_polls()
     out = []
     for v in deps.store.list_vens():
         p, c = present.get(v.ven_id), seen.get(v.ven_id)
@@ -210,6 +211,7 @@ async def fleet(request: web.Request) -> web.Response:
             "last_contact": iso(max((t for t in (c.last_contact if c else None,
                                                   v.registered_at) if t is not None),
                                      default=None)),
+            "last_poll": iso(polls.get(v.ven_id)),
             "last_report": iso(p.last_report if p else None),
             "open_events": c.open_events if c else 0})
     return web.json_response({"vens": out})

@@ -50,6 +50,7 @@ from .tables import (
     ReportMetaRow,
     ReportRequestRow,
     ReportValueRow,
+    VenPollRow,
     VenRow,
     as_utc,
     delivery_record,
@@ -99,6 +100,7 @@ def change_marker(engine: Engine, *, with_cmb: bool) -> Marker:
         opt = c.execute(sa_select(func.count(), m(col(OptRow.created)),
                                   m(col(OptRow.cancelled_at)))).one()
         outbox = c.execute(sa_select(m(col(OutboxRow.sent_at)))).one()
+        poll = c.execute(sa_select(m(col(VenPollRow.last_poll)))).one()
         cmb: tuple[Any, ...] = ()
         if with_cmb:
             from .cmb.tables import CmbAuditRow, CmbVerdictRow
@@ -106,7 +108,7 @@ def change_marker(engine: Engine, *, with_cmb: bool) -> Marker:
             # every CMB change (registry, alert, override and its paths' results) is audited
             cmb = (*c.execute(sa_select(m(col(CmbAuditRow.id)))).one(),
                    *c.execute(sa_select(m(col(CmbVerdictRow.id)))).one())
-    return {"fleet": (*ven, *push, *values, *delivery[3:5], *outbox, *opt),
+    return {"fleet": (*ven, *push, *values, *delivery[3:5], *outbox, *opt, *poll),
             "events": (*event, *delivery, *opt),
             "power": (*values, *event),
             "cmb": cmb}
@@ -127,7 +129,8 @@ class Contact:
 def contacts(engine: Engine) -> dict[str, Contact]:
     """Per VEN, when it last left a trace (a distribute sent to it, an answer, an outbox
     message sent, an opt) and how many events are open for it. The VTN does not record idle
-    polls, so this is the last exchange that changed something, not the last poll."""
+    polls here (`VtnStore.last_polls` has those), so this is the last exchange that changed
+    something."""
     seen: dict[str, list[datetime]] = defaultdict(list)
     open_events: dict[str, int] = {}
     with Session(engine) as s:

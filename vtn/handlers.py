@@ -6,7 +6,6 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
 from functools import partial
 from typing import Generic, TypeVar
 
@@ -25,21 +24,10 @@ from oadr.router import Router, on
 from .batch import Batch
 from .records import (
     Delivery, EventRecord, MetadataReport, OptRecord, OutboxItem, OutboxKind, ReportRequestRecord,
-    ReportValue, VenRecord, VenStatus,
+    RegistrationPolicy, ReportValue, ReportVia, VenRecord, VenStatus,
 )
 from .store import VtnStore
 from .targets import live_events_reaching, narrowed
-
-
-class RegistrationPolicy(StrEnum):
-    OPEN = "open"
-    ALLOWLIST = "allowlist"
-    APPROVAL = "approval"
-
-
-class ReportVia(StrEnum):
-    REGISTERED = "registered"  # report requests inside oadrRegisteredReport
-    CREATE = "create"  # oadrCreateReport queued for the VEN's next poll
 
 
 # Reports the DSO asks every VEN for, when the VEN offers them.
@@ -99,6 +87,9 @@ class VtnHandlers(Router[Ctx]):
         self.notify: Callable[[], None] = _nobody
         # oadrCreatedEvents arriving together (a fan-out's answers) share one transaction
         self._answers = Batch(store.record_event_responses_many)
+        # venID -> time of its latest poll, not yet written (the app writes them in bulk:
+        # a write per poll would double the cost of the commonest message)
+        self.polls: dict[str, datetime] = {}
 
     # --- identity -----------------------------------------------------------------------
 
@@ -304,6 +295,7 @@ class VtnHandlers(Router[Ctx]):
         self._check_fingerprints(msg.ven_id, state.fingerprint, ctx)
         if not state.http_pull_model:
             raise NotAllowed("a push VEN does not poll")
+        self.polls[msg.ven_id] = ctx.now
         if state.due or state.outbox:  # rare: now load the whole VEN
             owed = self.owed(self.authenticate(msg.ven_id, ctx), ctx.now, resend_before,
                              distribute=state.due)
@@ -311,6 +303,11 @@ class VtnHandlers(Router[Ctx]):
                 owed.record(ctx.now)
                 return owed.message
         return ResponseMessage(response=ok(""), ven_id=msg.ven_id)
+
+    def take_polls(self) -> dict[str, datetime]:
+        """The poll times noted since the last call (on the event loop, as polls are noted)."""
+        polls, self.polls = self.polls, {}
+        return polls
 
     def owed(self, ven: VenRecord, now: datetime, resend_before: datetime, *,
              distribute: bool) -> Owed[Message] | None:

@@ -202,7 +202,7 @@ class Operator:
 
     def request_reports(self, ven_id: str, now: datetime) -> list[ReportRequestRecord]:
         """Ask a VEN for its telemetry reports now, with oadrCreateReport on its next poll."""
-        from .handlers import ReportVia
+        from .records import ReportVia
 
         ven = self._registered(ven_id)
         planned = self.handlers.plan_report_requests(ven, self.store.metadata(ven_id),

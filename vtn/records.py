@@ -130,3 +130,14 @@ class OptRecord:
 class EventRecord:
     event: Event
     cancelled: bool = False
+
+
+class RegistrationPolicy(StrEnum):
+    OPEN = "open"
+    ALLOWLIST = "allowlist"
+    APPROVAL = "approval"
+
+
+class ReportVia(StrEnum):
+    REGISTERED = "registered"  # report requests inside oadrRegisteredReport
+    CREATE = "create"  # oadrCreateReport queued for the VEN's next poll

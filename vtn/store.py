@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,6 +35,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.dml import Update
 from sqlmodel import Session, SQLModel, col, select
 
+from adrgate.services import upsert_values
 from oadr.messages import Event, OptType
 
 from .eventjson import event_to_json, targets_to_json
@@ -60,6 +61,7 @@ from .tables import (
     ReportMetaRow,
     ReportRequestRow,
     ReportValueRow,
+    VenPollRow,
     VenRow,
     as_utc,
     delivery_record,
@@ -326,6 +328,18 @@ class VtnStore:
     def list_vens(self) -> list[VenRecord]:
         with Session(self.engine) as s:
             return [ven_record(r) for r in s.exec(select(VenRow).order_by(col(VenRow.ven_name)))]
+
+    def record_polls(self, polls: Mapping[str, datetime]) -> None:
+        """Remember when VENs last polled (a time never moves backwards)."""
+        with self._tx() as s:
+            upsert_values(s, VenPollRow.__table__,  # type: ignore[attr-defined]
+                          [{"ven_id": v, "last_poll": at} for v, at in polls.items()],
+                          newer="last_poll")
+
+    def last_polls(self) -> dict[str, datetime]:
+        with Session(self.engine) as s:
+            return {r.ven_id: as_utc(r.last_poll) for r in s.exec(select(VenPollRow))
+                    if r.last_poll is not None}
 
     def save_ven(self, ven: VenRecord) -> VenRecord:
         """Insert or replace a VEN record."""

@@ -65,6 +65,14 @@ class VenRow(SQLModel, table=True):
     registered_at: datetime | None = _ts()
 
 
+class VenPollRow(SQLModel, table=True):
+    """When each VEN last polled: its own table, so a database made before it gains it."""
+
+    __tablename__ = "ven_poll"
+    ven_id: str = Field(primary_key=True)
+    last_poll: datetime | None = _ts()
+
+
 class ProgramRow(SQLModel, table=True):
     __tablename__ = "program"
     market_context: str = Field(primary_key=True)

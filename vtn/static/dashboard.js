@@ -73,10 +73,11 @@ function renderFleet(data) {
     el("td", {}, stateCell(v.online),
        v.resources_online + v.resources_offline
          ? ` (${v.resources_online} of ${v.resources_online + v.resources_offline} resources)` : ""),
+    el("td", {}, time(v.last_poll)),
     el("td", {}, time(v.last_contact)),
     el("td", {}, time(v.last_report)),
     el("td", {}, v.open_events),
-    el("td", {}, v.resources.join(", ") || "—"))), "No VENs yet.", 8);
+    el("td", {}, v.resources.join(", ") || "—"))), "No VENs yet.", 9);
   const select = $("f-vens");
   const chosen = new Set([...select.selectedOptions].map((o) => o.value));
   select.replaceChildren(...vens.filter((v) => v.status === "registered" || v.status === "provisioned")
