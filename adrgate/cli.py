@@ -18,10 +18,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from . import health
 from .logs import configure as configure_logging
 from .settings import Settings
 
 DEFAULT_API = "http://127.0.0.1:8080"
+_COMMANDS = (health,)
 
 
 class ApiError(RuntimeError):
@@ -291,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     _cmb_parser(sub, client)
 
+    for command in _COMMANDS:  # commands with their own module: register(sub) sets `handler`
+        command.register(sub)
+
     report = sub.add_parser("report", help="show report metadata, requests and values")
     rs = report.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = client(rs.add_parser("show", help="a VEN's reports"))
@@ -371,6 +376,8 @@ def _private_key(path: Path) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if (handler := getattr(args, "handler", None)) is not None:
+        return int(handler(args))
     fleet_command = args.command == "trace" or (
         args.command == "ven" and args.action in (None, "status", "signals"))
     if fleet_command and getattr(args, "fleet", None) is None:
