@@ -97,7 +97,8 @@ class AggregatorSide:
             reviewer = None
             if self.options.cmb_url is not None and self.options.cmb_key is not None:
                 session = await stack.enter_async_context(aiohttp.ClientSession())
-                reviewer = CmbReviewer(self.options.cmb_url, self.options.cmb_key, session)
+                reviewer = CmbReviewer(self.options.cmb_url, self.options.cmb_key, session,
+                                       clock=self.clock)
             now = self.clock()
             self.world = await start_world(self.devices, stack, start=now, clock=self.clock,
                                            options=self.options.world)

@@ -18,12 +18,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from . import health
+from . import demo, health
 from .logs import configure as configure_logging
 from .settings import Settings
 
 DEFAULT_API = "http://127.0.0.1:8080"
-_COMMANDS = (health,)
+_COMMANDS = (demo, health)
 
 
 class ApiError(RuntimeError):

@@ -138,13 +138,14 @@ class CmbReviewer:
     key: PrivateKey
     session: aiohttp.ClientSession
     timeout: float = 10.0
+    clock: Callable[[], datetime] = _utcnow  # signs the batches: the bridge's clock
     _clients: dict[str, CmbClient] = field(default_factory=dict)
     _wait: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def _client(self, aggregator: str) -> CmbClient:
         if aggregator not in self._clients:
             self._clients[aggregator] = CmbClient(self.url, aggregator, self.key, self.session,
-                                                  timeout=self.timeout)
+                                                  timeout=self.timeout, clock=self.clock)
         return self._clients[aggregator]
 
     async def immediate(self, plan: Plan, program: str | None) -> bool:
