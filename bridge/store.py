@@ -95,7 +95,9 @@ class PowerRow(FleetTable, table=True):
 
 
 class OutcomeRow(FleetTable, table=True):
-    __tablename__ = "bridge_outcome"
+    # stream entry ids are unique within one channel's stream only, so the key is both
+    __tablename__ = "bridge_channel_outcome"
+    channel: str = Field(primary_key=True)
     entry_id: str = Field(primary_key=True)  # the dispatch stream entry: one outcome each
     key: str = Field(index=True)
     plan_id: str = Field(index=True)
@@ -156,7 +158,8 @@ class BridgeStore:
         """Idempotent by stream entry: a result read again after a restart is stored once."""
         with self._tx() as s:
             upsert_values(s, OutcomeRow.__table__, [
-                {"entry_id": r.entry_id, "key": r.key, "plan_id": r.plan_id,
+                {"channel": r.channel.value, "entry_id": r.entry_id, "key": r.key,
+                 "plan_id": r.plan_id,
                  "result": encode_result(r).decode()} for r in results])
 
     def outcomes(self, plan_ids: Sequence[str]) -> list[DispatchResult]:
@@ -164,7 +167,7 @@ class BridgeStore:
         q = select(OutcomeRow).where(col(OutcomeRow.plan_id).in_(plan_ids))
         with self._tx() as s:
             results = [decode_result(row.result) for row in s.exec(q)]
-        return sorted(results, key=lambda r: (r.finished_at, r.entry_id))
+        return sorted(results, key=lambda r: (r.finished_at, r.channel, r.entry_id))
 
 
     def save_signal(self, ven_name: str, signal: GridSignal, devices: Sequence[str]) -> None:

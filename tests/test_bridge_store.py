@@ -59,6 +59,10 @@ def test_plans_and_outcomes_round_trip(database_url: str) -> None:
     store.record_outcomes([lost])  # read again after a restart: stored once
     assert store.outcomes(["p1", "p2"]) == [delivered, lost]
     assert store.outcomes(["p2"]) == [lost]
+    # entry ids repeat across channels' streams: a SAPC entry "1-0" is not the hub's "1-0"
+    same_entry = dataclasses.replace(lost, entry_id="1-0")
+    store.record_outcomes([same_entry])
+    assert store.outcomes(["p1", "p2"]) == [delivered, same_entry, lost]
     reopened = BridgeStore(create_engine(database_url))
     assert reopened.plans(event_id="ev-1")[1] == records[1]
 

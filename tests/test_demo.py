@@ -142,7 +142,7 @@ def test_the_attack_is_caught_and_capped_through_the_metering_path(
     assert all(set(r["reached"]) == heaters and not r["failed"] for r in sapc)
     # the aggregator's own bridge delivered the attack to the SAPCs through the DCC
     delivered = query(data / "hot-water.db",
-                      "SELECT count(*) FROM bridge_outcome WHERE plan_id LIKE 'attack/%' "
+                      "SELECT count(*) FROM bridge_channel_outcome WHERE plan_id LIKE 'attack/%' "
                       "AND json_extract(result, '$.outcome') = 'delivered'")
     assert delivered == [(len(heaters),)]
 
