@@ -1,10 +1,10 @@
-# adrgate: `make run` starts the VTN, `make test` type-checks (mypy --strict) then runs the test
+# adrgate: `make run` plays the demo day (`adrgate demo`), `make vtn` starts the VTN alone, `make test` type-checks (mypy --strict) then runs the test
 # suite; both set up .venv first.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run typecheck test bench clean
+.PHONY: run vtn typecheck test bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,9 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: $(VENV)/.installed
+	$(BIN)/adrgate demo
+
+vtn: $(VENV)/.installed
 	$(BIN)/adrgate vtn
 
 typecheck: $(VENV)/.installed
