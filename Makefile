@@ -1,5 +1,5 @@
-# adrgate: `make run` plays the demo day (`adrgate demo`), `make vtn` starts the VTN alone, `make test` type-checks (mypy --strict) then runs the test
-# suite; both set up .venv first.
+# adrgate: `make run` plays the demo day (`adrgate demo`), `make vtn` starts the VTN alone,
+# `make test` type-checks (mypy --strict) then runs the test suite; each sets up .venv first.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
