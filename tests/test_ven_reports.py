@@ -356,6 +356,23 @@ def test_history_usage_with_a_granularity_resamples_on_its_grid() -> None:
     assert report.duration == 2 * M
 
 
+def test_history_of_samples_taken_between_whole_seconds_has_whole_second_durations() -> None:
+    """Samples are taken at any instant; xcal durations have no fractional seconds (XSD)."""
+    samples = [Sample(r_id="battery-1/power", at=NOW - 4 * M + i * timedelta(seconds=10.25),
+                      value=float(i)) for i in range(8)]
+    req = request(HISTORY_USAGE, ["battery-1/power"], S * 0, S * 0, dtstart=NOW - 5 * M,
+                  duration=2 * M)
+    _, update = build_update(accept(req, SPEC, NOW, random.Random(1)), samples, SPEC, NOW,
+                             random.Random(1), ven_id="ven-1", request_id="req-1",
+                             report_id="rep-1")
+    assert update is not None
+    conformant(update, NOW)  # serialized and checked against the XSD
+    report = update.reports[0]
+    assert [i.dtstart for i in report.intervals] == [
+        s.at.replace(microsecond=0) for s in samples if s.at < NOW - 3 * M]
+    assert sum((i.duration for i in report.intervals), S * 0) == report.duration == 51 * S
+
+
 def test_history_without_a_duration_runs_up_to_its_acceptance() -> None:
     req = request(HISTORY_USAGE, ["battery-1/power"], S * 0, S * 0, dtstart=NOW - 5 * M)
     state = accept(req, SPEC, NOW, random.Random(1))

@@ -342,6 +342,8 @@ def history(state: RequestState, samples: Sequence[Sample], *, now: datetime, ve
     if step > _ZERO:
         samples = [dataclasses.replace(s, at=start + ((s.at - start) // step) * step)
                    for s in samples if start <= s.at < end]
+    else:  # each sample's time starts an interval: on whole seconds, as xcal durations are
+        samples = [dataclasses.replace(s, at=s.at.replace(microsecond=0)) for s in samples]
     grouped = _grouped(state, samples, start, end)
     times = [at for at, _ in grouped]
     intervals = [
