@@ -282,3 +282,28 @@ async def test_state_whose_write_failed_is_written_with_the_next_one(
                            what="the event written once writes work again")
             await wait_for(lambda: f.store.load("agg").events[event_id].answered_mod == 0,
                            what="its acknowledged answer written too")
+
+
+async def test_a_message_that_cannot_be_written_is_refused_without_being_sent() -> None:
+    """Our own bug (a message failing the XSD) is settled as a refusal, never resent forever."""
+    import aiohttp
+
+    from oadr.messages import Report, ReportInterval, ReportPoint, UpdateReport
+    from oadr.signing import InMemoryReplayCache
+    from ven.agent import Outgoing
+    from ven.runner import Refused, Transport
+
+    now = utcnow()
+    fraction = ReportInterval(dtstart=now, duration=timedelta(seconds=1.5),
+                              points=(ReportPoint(r_id="r", value=1.0),))
+    unwritable = UpdateReport(request_id="req", ven_id="v", reports=(Report(
+        report_specifier_id="s", report_name="TELEMETRY_USAGE", created=now, report_id="rep",
+        dtstart=now, duration=timedelta(seconds=1.5), intervals=(fraction,)),))
+    # nothing listens there: an attempt to send would be Unreachable, not Refused
+    spec = ven_spec(f"http://127.0.0.1:{free_port()}/OpenADR2/Simple/2.0b", "agg-x")
+    async with aiohttp.ClientSession() as session:
+        transport = Transport(session, spec, ssl_context=None, key=None,
+                              replay=InMemoryReplayCache(clock=utcnow), clock=utcnow,
+                              observer=None)
+        with pytest.raises(Refused, match="cannot be written"):
+            await transport.exchange(Outgoing(unwritable, "EiReport"))

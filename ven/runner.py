@@ -32,7 +32,7 @@ import aiohttp
 
 from adrgate.tls import client_context, pin
 from oadr import codec
-from oadr.errors import AdrError
+from oadr.errors import AdrError, LocalAdrError
 from oadr.messages import Message, Poll, ResponseMessage
 from oadr.schema import DEFAULT_MAX_BYTES
 from oadr.signing import InMemoryReplayCache, ReplayCache, SigningKey, admit, check_signature, sign
@@ -99,9 +99,15 @@ class Transport:
         Raises:
             Unreachable: connection failure, timeout, HTTP 5xx, or a VTN certificate that is not
                 the pinned one (refused inside the TLS handshake: see `adrgate.tls.pin`).
-            Refused: HTTP 4xx, or a reply that is malformed, invalid or badly signed.
+            Refused: HTTP 4xx, or a reply that is malformed, invalid or badly signed; or our
+                message cannot be written (it fails the XSD).
         """
-        body = self.encode(out.message)
+        try:
+            body = self.encode(out.message)
+        except LocalAdrError as exc:  # our bug; the agent settles it rather than resend forever
+            log.error("cannot send %s: %s", type(out.message).__name__, exc,
+                      extra={"ven": self.spec.name})
+            raise Refused(f"not sent, it cannot be written: {exc}") from None
         url = f"{self.spec.vtn_url.rstrip('/')}/{out.service}"
         try:
             async with self.session.post(url, data=body, ssl=self.ssl,
