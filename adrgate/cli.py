@@ -18,12 +18,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from campaign import cli as campaign_cli
+
 from . import demo, health
 from .logs import configure as configure_logging
 from .settings import Settings
 
 DEFAULT_API = "http://127.0.0.1:8080"
-_COMMANDS = (demo, health)
+_COMMANDS = (campaign_cli, demo, health)
 
 
 class ApiError(RuntimeError):

@@ -1,0 +1,1 @@
+"""Interoperability test campaigns: certification-style suites against a VTN or a VEN under test."""
