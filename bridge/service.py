@@ -16,10 +16,11 @@ them and they are submitted again), response plans answering a dispatched event 
 are judged alongside.
 
 During a LOAD_DISPATCH window the bridge re-dispatches every `redispatch_every` and at once when a
-channel reports a device unavailable: devices that failed, went offline or deviate lose their
-share, which goes to others (`policies.dispatch.redispatch`). A storage site on a price plan is
-planned again when what its plan does not control (load less PV) leaves the forecast the plan
-was made on by more than `replan_margin_kw`, at most once per price step.
+channel reports a device unavailable: devices that failed, went offline or (once the interval is
+in force) deviate lose their share, which goes to others (`policies.dispatch.redispatch`). A
+storage site on a price plan is planned again when what its plan does not control (load less
+PV) leaves the forecast the plan was made on by more than `replan_margin_kw`, at most once per
+price step.
 """
 
 from __future__ import annotations
@@ -113,8 +114,11 @@ def signal_key(signal: GridSignal) -> SignalKey:
     return signal.event_id, signal.modification_number, signal.signal_id
 
 
-def requested_change(plan: Plan, device: Device, baseline_kw: float, at: datetime) -> float:
-    """The change in import from `baseline_kw` that the plan's step in force at `at` asks."""
+def requested_change(plan: Plan, device: Device, baseline_kw: float, at: datetime, *,
+                     uncontrolled_kw: float = 0.0) -> float:
+    """The change in import from `baseline_kw` that the plan's step in force at `at` asks. A
+    CHARGE or DISCHARGE step sets a battery's power: the meter also shows `uncontrolled_kw`,
+    the import behind it that no plan moves (a site's load less PV)."""
     step = next((s for s in plan.steps if s.start <= at < s.end), None)
     if step is None or (step.mode is Mode.LIMIT and step.level is None):
         return 0.0
@@ -122,9 +126,9 @@ def requested_change(plan: Plan, device: Device, baseline_kw: float, at: datetim
         case Mode.LIMIT:
             return min(baseline_kw, (step.level or 0) / 100 * device.rated_import_kw) - baseline_kw
         case Mode.CHARGE:
-            return (step.power_kw or 0.0) - baseline_kw
+            return uncontrolled_kw + (step.power_kw or 0.0) - baseline_kw
         case Mode.DISCHARGE:
-            return -(step.power_kw or 0.0) - baseline_kw
+            return uncontrolled_kw - (step.power_kw or 0.0) - baseline_kw
     return 0.0
 
 
@@ -210,6 +214,7 @@ class Bridge:
                 for key, window in list(self._windows.items()):
                     await self._redispatch(key, window)
             if now - self._last_sample >= self.sample_every:
+                now = self.clock()  # the awaits above took time: their plans may start later
                 self.sample(now)
                 await self.replan_deviations(now)
 
@@ -224,9 +229,9 @@ class Bridge:
             samples.append(PowerSample(
                 event_id=event_id, at=now, devices=len(devices),
                 online=sum(v.state.available for v in views.values()),
-                requested_kw=sum(requested_change(tracked.plans[d.device_id], d,
-                                                  tracked.baseline[d.device_id], now)
-                                 for d in devices),
+                requested_kw=sum(requested_change(
+                    tracked.plans[d.device_id], d, tracked.baseline[d.device_id], now,
+                    uncontrolled_kw=views[d.device_id].uncontrolled_kw) for d in devices),
                 delivered_kw=sum(views[d.device_id].state.current_kw
                                  - tracked.baseline[d.device_id] for d in devices)))
             if all(p.end <= now for p in tracked.plans.values()):
@@ -250,9 +255,16 @@ class Bridge:
                 records += await self._plan(ven, signal, now)
         return records
 
-    def _next_sequence(self, device_id: str) -> int:
+    def next_sequence(self, device_id: str) -> int:
+        """The device's next plan sequence number, taken: a plan made outside the signals (see
+        `send`) must take its number here too, or the bridge's next plan would repeat it."""
         self._sequences[device_id] = self._sequences.get(device_id, 0) + 1
         return self._sequences[device_id]
+
+    async def send(self, plans: Sequence[Plan], program: str | None = None) -> list[PlanRecord]:
+        """Plans no signal asked for (an operator's own, numbered by `next_sequence`), on the
+        bridge's path: validated, reviewed by the CMB, stored, handed to their channels."""
+        return await self._send([Planned(plan=p) for p in plans], self.clock(), program)
 
     def _views(self, devices: Sequence[Device], now: datetime) -> dict[str, DeviceView]:
         views = dict(self.views(devices, now))
@@ -470,7 +482,7 @@ class Bridge:
         restores = [
             Planned(plan=dispatch_plan(
                 self._by_id[device_id], [dispatch_step(self._by_id[device_id], None, now, plan.end)],
-                signal=signal, sequence=self._next_sequence(device_id), issuer=ven,
+                signal=signal, sequence=self.next_sequence(device_id), issuer=ven,
                 rng=self._rng))
             for device_id, plan in old.items() if plan.end > now]
         self.store.save_plans([PlanRecord(plan=p, device=self._by_id[p.device_id],
@@ -494,7 +506,9 @@ class Bridge:
             target = interval_target(window.signal, interval.value, window.fleet_kw)
             if target * previous.target_kw < 0:
                 continue
-            again = redispatch(previous, states, target, deviation_margin=self.deviation_margin)
+            # Before its interval a device still does its day job: only its availability counts.
+            again = redispatch(previous, states, target, deviation_margin=self.deviation_margin,
+                               in_force=interval.start <= now)
             window.allocations[i] = (interval, again)
             changed.update(device_id for device_id in set(again.shares) | set(previous.shares)
                            if again.shares.get(device_id) != previous.shares.get(device_id))
@@ -511,7 +525,7 @@ class Bridge:
             kws = [s.kw for s in requested if s is not None]
             planned.append(Planned(
                 plan=dispatch_plan(device, steps, signal=window.signal,
-                                   sequence=self._next_sequence(device_id), issuer=window.ven,
+                                   sequence=self.next_sequence(device_id), issuer=window.ven,
                                    rng=self._rng),
                 requested_kw=max(kws, key=abs) if kws else 0.0))
         log.info("re-dispatch of %s: %d devices re-planned", key[0], len(planned))

@@ -63,16 +63,17 @@ def allocate(target_kw: float, devices: Sequence[DeviceState]) -> Allocation:
 
 
 def redispatch(previous: Allocation, states: Sequence[DeviceState], target_kw: float, *,
-               deviation_margin: float) -> Allocation:
+               deviation_margin: float, in_force: bool = True) -> Allocation:
     """Re-share `target_kw` (measured from the same pre-dispatch fleet total as `previous`'s)
     given the devices' `states` now.
 
-    A device keeps its earlier share while it is available and its import is within
-    `deviation_margin` (a fraction of its share: 0.2 = 20 %) of what it should be. The share of
-    a device that failed, went offline, deviated or is missing from `states` is withdrawn (listed
-    in `dropped`) and the gap is shared across the remaining headroom of the kept devices and the
-    available devices not yet dispatched, in proportion to their flexibility. A target smaller
-    than the kept shares scales them down alike.
+    A device keeps its earlier share while it is available and, once the interval is
+    `in_force`, its import is within `deviation_margin` (a fraction of its share: 0.2 = 20 %) of
+    what it should be; before that its import says nothing about its share. The share of a
+    device that failed, went offline, deviated or is missing from `states` is withdrawn (listed
+    in `dropped`) and the gap is shared across the remaining headroom of the kept devices (their
+    flexibility from the import their share asks) and the available devices not yet dispatched,
+    in proportion to that headroom. A target smaller than the kept shares scales them down alike.
 
     Raises:
         ValueError: `deviation_margin` is negative, or `target_kw` has the opposite sign of
@@ -85,12 +86,16 @@ def redispatch(previous: Allocation, states: Sequence[DeviceState], target_kw: f
                          f"{previous.target_kw:g} kW")
     by_id = {s.device.device_id: s for s in states}
     dropped = tuple(device_id for device_id, share in previous.shares.items()
-                    if not _keeps(by_id.get(device_id), share, deviation_margin))
+                    if not _keeps(by_id.get(device_id), share,
+                                  deviation_margin if in_force else None))
     gone = set(dropped)
     kept = {device_id: share for device_id, share in previous.shares.items()
             if device_id not in gone}
     kept_kw = math.fsum(abs(share.kw) for share in kept.values())
     need = abs(target_kw)
+    if math.isclose(need, kept_kw, rel_tol=1e-9):
+        # Met already, but for rounding: the kept shares stand exactly, so nothing is re-sent.
+        return _result(target_kw, dict(kept), dropped)
     if need <= kept_kw:
         # Enough already: every kept device gives up the same fraction of its share.
         scale = need / kept_kw if kept_kw else 0.0
@@ -98,7 +103,6 @@ def redispatch(previous: Allocation, states: Sequence[DeviceState], target_kw: f
             device_id: Share(kw=share.kw * scale,
                              expected_kw=share.expected_kw - share.kw * (1 - scale))
             for device_id, share in kept.items() if scale}, dropped)
-    # A kept device's flexibility is counted from where it stands now, on top of its share.
     candidates = ((state, abs(kept[device_id].kw) if device_id in kept else 0.0,
                    kept[device_id].expected_kw if device_id in kept else state.current_kw)
                   for device_id, state in by_id.items()
@@ -106,20 +110,24 @@ def redispatch(previous: Allocation, states: Sequence[DeviceState], target_kw: f
     return _share(target_kw, need - kept_kw, candidates, dropped=dropped)
 
 
-def _keeps(state: DeviceState | None, share: Share, margin: float) -> bool:
+def _keeps(state: DeviceState | None, share: Share, margin: float | None) -> bool:
+    """Available, and (unless `margin` is None: not in force yet) showing its share's import."""
     return (state is not None and state.available
-            and abs(state.current_kw - share.expected_kw) <= margin * abs(share.kw))
+            and (margin is None
+                 or abs(state.current_kw - share.expected_kw) <= margin * abs(share.kw)))
 
 
 def _share(target_kw: float, need: float, candidates: Iterable[tuple[DeviceState, float, float]],
            *, dropped: tuple[str, ...]) -> Allocation:
     """Share `need` (kW, >= 0) across `candidates`: (state, the share it already holds, the import
-    it should show for it), in proportion to their flexibility in the target's direction."""
-    pool = [(state, held, expected, state.flex_kw(target_kw))
+    it should show for it), in proportion to their flexibility in the target's direction counted
+    from that import (a share not yet delivered has used up part of it)."""
+    sign = -1.0 if target_kw < 0 else 1.0
+    pool = [(state, held, expected,
+             max(0.0, state.flex_kw(target_kw) - sign * (expected - state.current_kw)))
             for state, held, expected in candidates]
     flex = math.fsum(f for _, _, _, f in pool)
     fraction = min(1.0, need / flex) if flex else 0.0
-    sign = -1.0 if target_kw < 0 else 1.0
     shares: dict[str, Share] = {}
     for state, held, expected, f in pool:
         extra = sign * f * fraction

@@ -48,17 +48,20 @@ class Outlet:
 
 
 class Devices:
-    """Every device draws 60 % of its rating unless the last LIMIT it was sent caps it lower."""
+    """Every device draws 60 % of its rating unless the step in force of the last plan it was
+    sent is a LIMIT that caps it lower."""
 
     def __init__(self, outlet: Outlet) -> None:
         self.outlet = outlet
         self.uncontrolled_kw: dict[str, float] = {}  # load less PV behind a site's meter
 
     def __call__(self, devices: Sequence[Device], now: datetime) -> Mapping[str, DeviceView]:
-        caps = {d.plan.device_id: d.plan.steps[0].level for d in self.outlet.sent}
+        latest = {d.plan.device_id: d.plan for d in self.outlet.sent}
         views = {}
         for d in devices:
-            cap = caps.get(d.device_id)
+            plan = latest.get(d.device_id)
+            cap = next((s.level for s in plan.steps if s.start <= now < s.end), None) \
+                if plan is not None else None
             current = 0.6 * d.rated_import_kw * (1 if cap is None else min(1, cap / 60))
             views[d.device_id] = DeviceView(
                 state=DeviceState(device=d, available=True, current_kw=current,
@@ -163,6 +166,29 @@ async def test_an_unavailable_device_loses_its_share_to_the_others(bridge: Bridg
     assert bridge.store.outcomes([gone.plan_id])[0].outcome is Outcome.UNAVAILABLE
 
 
+async def test_redispatch_before_the_window_opens_keeps_the_shares_not_yet_started() -> None:
+    clock = [T0 - 60 * M]
+    out = Outlet()
+    bridge = Bridge(FLEET, BridgeStore(create_engine("sqlite://")), out, Devices(out),
+                    flat_forecast, clock=lambda: clock[0], seed=1)
+    # planned an hour ahead: the heaters draw their 9 kW until T0, whatever the plans say
+    await bridge.update("agg", [signal("LOAD_DISPATCH", "delta", -4.5, unit="kW")])
+    assert len(out.sent) == 5
+    key, window = next(iter(bridge._windows.items()))
+    for minutes in (-55, -50, -5, 5, 10):  # the re-dispatch ticks, before and in the window
+        clock[0] = T0 + minutes * M
+        assert await bridge._redispatch(key, window) == []
+    assert len(out.sent) == 5  # nothing changed: no new plans
+    # a heater lost before the window still gives its share to the others
+    clock[0] = T0 - 30 * M
+    bridge.unavailable.add("agg/tanks/0")
+    moved = await bridge._redispatch(key, window)
+    assert {r.plan.device_id for r in moved} == {f"agg/tanks/{i}" for i in range(5)}
+    latest = {r.plan.device_id: r for r in moved}
+    assert latest["agg/tanks/0"].requested_kw == 0.0
+    assert sum(r.requested_kw or 0.0 for r in moved) == pytest.approx(-4.5)
+
+
 async def test_power_samples_compare_what_was_asked_with_what_devices_show(
         bridge: Bridge) -> None:
     await bridge.update("agg", [signal("LOAD_DISPATCH", "delta", -4.5, unit="kW")])
@@ -174,6 +200,17 @@ async def test_power_samples_compare_what_was_asked_with_what_devices_show(
     assert after[0].requested_kw == 0.0
     assert bridge.sample(T0 + 32 * M) == []
     assert bridge.store.power("e1") == during + after
+
+
+async def test_a_storage_site_is_asked_its_share_at_the_meter(bridge: Bridge) -> None:
+    # two sites each import 3 kW, 1 kW of it household load: shed 2 kW, 1 kW each
+    dispatch = signal("LOAD_DISPATCH", "delta", -2.0, unit="kW", resources=("hubless",))
+    records = await bridge.update("agg", [dispatch])
+    # the battery charges 1 kW (1 kW of load on top: 2 kW at the meter, 1 kW less than 3)
+    assert [(s.mode, s.power_kw) for r in records for s in r.plan.steps] == [
+        (Mode.CHARGE, 1.0)] * 2
+    (during,) = bridge.sample(T0 + 10 * M)
+    assert during.requested_kw == pytest.approx(-2.0)
 
 
 async def test_a_site_whose_load_leaves_the_forecast_is_planned_again(bridge: Bridge) -> None:
@@ -269,3 +306,51 @@ async def test_response_plans_go_at_once_and_a_late_rejection_is_recorded() -> N
     assert stored["agg/tanks/0"].status is PlanStatus.DISPATCHED
     assert stored["agg/tanks/0"].reasons == ("CMB sender_owns_device: agg/tanks/0 is not yours",)
     assert stored["agg/tanks/2"].reasons == ()
+
+
+async def test_a_plan_sent_outside_the_signals_takes_the_bridge_sequence_and_path() -> None:
+    cmb = Reviewer()
+    bridge = reviewed(cmb)
+    first = await bridge.update("agg", [signal("SIMPLE", "level", 2)])
+    own = [Plan(plan_id=f"own/{r.plan.device_id}", device_id=r.plan.device_id,
+                sequence=bridge.next_sequence(r.plan.device_id), issuer="agg",
+                purpose=Purpose.ROUTINE, priority=0, event_id=None, steps=r.plan.steps)
+           for r in first]
+    sent = await bridge.send(own)
+    assert [r.plan.sequence for r in sent] == [r.plan.sequence + 1 for r in first]
+    assert {r.status for r in sent} == {PlanStatus.DISPATCHED}
+    assert {p.plan_id for p in own} <= set(cmb.judged)  # judged by the CMB before it went out
+    assert [d.plan.plan_id for d in outlet(bridge).sent[-5:]] == [p.plan_id for p in own]
+    # the bridge's next plans follow them: no sequence number used twice
+    later = await bridge.update("agg", [signal("SIMPLE", "level", 3, mod=1)])
+    assert [r.plan.sequence for r in later] == [r.plan.sequence + 1 for r in sent]
+
+
+async def test_the_sample_after_a_redispatch_sees_the_new_plans() -> None:
+    reads = [T0 + 5 * M]
+
+    def clock() -> datetime:
+        """Every read is 10 s later: the awaits between two reads take demo time."""
+        reads.append(reads[-1] + 10 * timedelta(seconds=1))
+        return reads[-1]
+
+    out = Outlet()
+    bridge = Bridge(FLEET, BridgeStore(create_engine("sqlite://")), out, Devices(out),
+                    flat_forecast, clock=clock, seed=1, redispatch_every=M,
+                    sample_every=timedelta(seconds=1))
+    await bridge.update("agg", [signal("LOAD_DISPATCH", "delta", -4.5, unit="kW")])
+    bridge.unavailable.add("agg/tanks/0")  # its share goes to the others at the next tick
+    ticker = asyncio.create_task(bridge._tick())
+    try:
+        for _ in range(200):  # bounded: the tick re-dispatches within a few iterations
+            await asyncio.sleep(0.1)
+            redispatched = [r for r in bridge.store.plans(event_id="e1") if r.plan.sequence == 2]
+            if redispatched and len(bridge.store.power("e1")) >= 3:
+                break
+    finally:
+        ticker.cancel()
+    assert redispatched
+    samples = bridge.store.power("e1")
+    # every sample, including the one taken in the re-dispatch's tick, asks the whole target
+    # (within the LIMIT levels' whole percent: 0.15 kW of each 15 kW heater)
+    assert [s.requested_kw for s in samples] == pytest.approx([-4.5] * len(samples), abs=0.75)

@@ -3,6 +3,7 @@ fail, go offline or deviate."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -124,6 +125,44 @@ def test_deviation_within_the_margin_is_kept() -> None:
     now[0] = replace(now[0], current_kw=now[0].current_kw + 0.15)  # 15 % of its 1 kW share
     assert redispatch(a, now, -2.0, deviation_margin=0.2).dropped == ()
     assert redispatch(a, now, -2.0, deviation_margin=0.1).dropped == ("d0",)
+
+
+def test_before_the_interval_only_availability_is_judged() -> None:
+    states = [state(i, down=2.0) for i in range(4)]
+    a = allocate(-4.0, states)
+    # not in force yet: every device still draws its 2 kW, 100 % off its share's import
+    b = redispatch(a, states, -4.0, deviation_margin=0.2, in_force=False)
+    assert b == a
+    assert redispatch(a, states, -4.0, deviation_margin=0.2).dropped == ("d0", "d1", "d2", "d3")
+    offline = [replace(states[0], available=False)] + states[1:]
+    c = redispatch(a, offline, -4.0, deviation_margin=0.2, in_force=False)
+    assert c.dropped == ("d0",) and c.shortfall_kw == 0.0
+
+
+def test_a_share_not_yet_delivered_uses_up_its_device_flexibility() -> None:
+    states = [state(0, down=2.0), state(1, down=2.0), state(9, down=2.0, available=False)]
+    a = allocate(-2.0, states)  # d0 and d1 1 kW each, d9 offline
+    now = [replace(states[0], available=False), states[1], replace(states[2], available=True)]
+    b = redispatch(a, now, -2.0, deviation_margin=0.2, in_force=False)
+    # d1 still draws 2 kW with 2 kW of flexibility, 1 kW of it already asked: 1 kW of headroom
+    # against d9's 2 kW, so the 1 kW gap goes 1/3 to d1, 2/3 to d9.
+    assert kw(b) == pytest.approx({"d1": -1 - 1 / 3, "d9": -2 / 3})
+    assert b.shares["d1"].expected_kw == pytest.approx(2.0 - 1 - 1 / 3)
+
+
+def test_a_redispatch_with_every_device_on_track_changes_no_share() -> None:
+    rng = random.Random(3)
+    for _ in range(200):  # fleets whose shares do not add up exactly in floating point
+        states = [state(i, down=round(rng.uniform(0.5, 4.0), 3),
+                        current=round(rng.uniform(-1.0, 3.0), 3)) for i in range(10)]
+        a = allocate(-15.0 * rng.uniform(0.3, 1.0), states)
+        failed = [replace(s, available=False) if s.device.device_id in ("d0", "d5") else s
+                  for s in states]
+        b = redispatch(a, follow(a, failed), a.target_kw, deviation_margin=0.2)
+        on_track = [replace(s, available=False) if s.device.device_id in ("d0", "d5") else s
+                    for s in follow(b, states)]
+        c = redispatch(b, on_track, a.target_kw, deviation_margin=0.2)
+        assert c.shares == b.shares  # equal to the last bit: nothing to send again
 
 
 def test_smaller_target_scales_the_kept_shares_down() -> None:
