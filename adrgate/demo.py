@@ -51,8 +51,9 @@ default). The DCC simulator's realistic latency (a critical SAPC command about 2
 to the demo clock.
 
 Progress is one line per step; the summary table (per event: VENs, opt-ins, devices, commands
-per channel, requested vs delivered power, CMB verdicts) is read back from the databases in
---data-dir, which is wiped at start. docs/demo.md explains how to read it."""
+acknowledged and sent per channel, requested vs delivered power, CMB verdicts) is read back
+from the databases in --data-dir, which is wiped at start. docs/demo.md explains how to read
+it."""
 
 
 def register(sub: Any) -> None:

@@ -22,17 +22,13 @@ from datetime import datetime, timedelta
 from typing import Any, Final, TypeVar
 
 import aiohttp
-from redis.asyncio import Redis
 
-from bridge.channel import PLAN_PRIMACY, Dispatch
-from bridge.cmb_client import CmbClient
+from bridge.channel import PLAN_PRIMACY
 from bridge.models import Channel, Mode, Plan, PlanStep
 from bridge.store import BridgeStore, PlanRecord
-from bridge.streams import DispatchQueue
 from ven.fleet import DeviceClass
 from ven.records import Purpose
 from vtn.cmb.records import OverrideStatus, Tariff
-from vtn.cmb.signing import Item
 
 from .demo_stack import AREAS, FLEX, PRICES, Aggregator, DemoError, Stack
 
@@ -273,12 +269,14 @@ class Day:
         agg = self.stack.aggregator("hot-water")
         devices = agg.devices
         start = (self.stack.clock() + timedelta(minutes=30)).replace(second=0, microsecond=0)
-        # The aggregator's own next sequence numbers: the CMB sees plausible plans.
-        sequences = BridgeStore(agg.engine).last_sequences()
+        # A compromised aggregator is its bridge: the plans take the bridge's next sequence
+        # numbers and its path (signed with its key, judged by the CMB, sent through its DCC
+        # access), so the CMB sees plausible plans and the bridge's later plans still follow.
+        bridge = agg.side.bridge
         # Off in one minute, on in one minute: whatever each heater was doing, it swings.
         attack = [Plan(
             plan_id=f"attack/{d.device_id}", device_id=d.device_id,
-            sequence=sequences.get(d.device_id, 0) + 1, issuer=agg.name,
+            sequence=bridge.next_sequence(d.device_id), issuer=agg.name,
             purpose=Purpose.ROUTINE, priority=0, random_delay=timedelta(seconds=1),
             event_id=None, steps=(
                 PlanStep(mode=Mode.LIMIT, start=start, end=start + HALF_HOUR, level=0),
@@ -286,17 +284,7 @@ class Day:
                          level=100)))
             for d in devices]
         self.log.attack_plans = [p.plan_id for p in attack]
-        async with aiohttp.ClientSession() as session:
-            client = CmbClient(self.stack.url, agg.name, agg.key, session,
-                               clock=self.stack.clock)
-            await client.submit([Item(plan=p, device=d) for p, d in zip(attack, devices)])
-        redis = Redis.from_url(self.stack.redis_url)
-        try:
-            queue = DispatchQueue(redis, prefix=agg.side.options.stream_prefix)
-            for p, d in zip(attack, devices):
-                await queue.enqueue(Dispatch(plan=p, device=d))
-        finally:
-            await redis.aclose()
+        await bridge.send(attack)
         cmb = self.stack.cmb
         alert = (await until(lambda: [a for a in cmb.store.alerts(aggregator=agg.name)
                                       if a.monitor == "same_minute_share"],

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from bridge.store import BridgeStore, PlanRecord, PlanStatus
+from bridge.streams import Outcome
 from oadr.messages import OptType
 from vtn.cmb.records import Decision
 from vtn.cmb.store import CmbStore
@@ -24,7 +25,8 @@ class Row:
     vens: int  # VENs the VTN delivered the event to
     opt_ins: int  # of those, answered optIn
     devices: int  # devices given a plan
-    commands: dict[str, int]  # per channel: plans handed to it
+    acked: dict[str, int]  # per channel: commands the devices acknowledged (outcome delivered)
+    sent: dict[str, int]  # per channel: plans handed to it (re-dispatches count again)
     requested_kw: float | None  # mean change in import asked over the event's samples
     delivered_kw: float | None  # mean change the devices showed
     accepted: int  # CMB verdicts on the plans
@@ -54,8 +56,11 @@ def summarize(vtn: VtnStore, bridges: Mapping[str, BridgeStore],
             events[f"CMB override {entry.override.level} %"] = (event_id, entry.override.lifted)
     rows = [_event_row(label, event_id, until, vtn, bridges, cmb)
             for label, (event_id, until) in events.items()]
-    if attack_plans:
-        rows.append(_attack_row(attack_plans, bridges, cmb))
+    if attack_plans:  # plans no event asked for: no VEN, no window
+        ids = set(attack_plans)
+        plans = [r for b in bridges.values() for r in b.plans() if r.plan.plan_id in ids]
+        rows.append(_plans_row("attack (injected)", None, plans, bridges, cmb, vens=0,
+                               opt_ins=0, window=None))
     return Summary(
         rows=rows,
         alerts=[{"monitor": a.monitor, "aggregator": a.aggregator, "area": a.network_area,
@@ -86,29 +91,17 @@ def _event_row(label: str, event_id: str, until: datetime | None, vtn: VtnStore,
                       window=window)
 
 
-def _attack_row(plan_ids: Sequence[str], bridges: Mapping[str, BridgeStore],
-                cmb: CmbStore) -> Row:
-    """The injected plans never went through the bridge's planning: what the channels did
-    with them and what the CMB said."""
-    outcomes = [o for b in bridges.values() for o in b.outcomes(list(plan_ids))]
-    verdicts = [j.verdict for p in plan_ids for j in cmb.verdicts(plan_id=p, limit=1)]
-    return Row(label="attack (injected)", event_id=None, vens=0, opt_ins=0,
-               devices=len({v.device_id for v in verdicts}),
-               commands=dict(Counter(str(o.channel) for o in outcomes)),
-               requested_kw=None, delivered_kw=None,
-               accepted=sum(v.decision is Decision.ACCEPTED for v in verdicts),
-               rejected=sum(v.decision is not Decision.ACCEPTED for v in verdicts),
-               rules=dict(Counter(f.rule for v in verdicts for f in v.findings)))
-
-
-def _plans_row(label: str, event_id: str, plans: Sequence[PlanRecord],
+def _plans_row(label: str, event_id: str | None, plans: Sequence[PlanRecord],
                bridges: Mapping[str, BridgeStore], cmb: CmbStore, *, vens: int, opt_ins: int,
                window: tuple[datetime, datetime | None] | None) -> Row:
-    commands = Counter(r.device.channel.value for r in plans
-                       if r.status in (PlanStatus.DISPATCHED, PlanStatus.SUPERSEDED))
+    sent = Counter(r.device.channel.value for r in plans
+                   if r.status in (PlanStatus.DISPATCHED, PlanStatus.SUPERSEDED))
+    ids = [r.plan.plan_id for r in plans]
+    acked = Counter(o.channel.value for b in bridges.values() for o in b.outcomes(ids)
+                    if o.outcome is Outcome.DELIVERED)
     verdicts = [j.verdict for r in plans for j in cmb.verdicts(plan_id=r.plan.plan_id, limit=1)]
     requested = delivered = None
-    if window is not None:
+    if window is not None and event_id is not None:
         start, end = window
         means = []
         for b in bridges.values():
@@ -122,7 +115,8 @@ def _plans_row(label: str, event_id: str, plans: Sequence[PlanRecord],
             delivered = round(sum(m[1] for m in means), 1)
     return Row(label=label, event_id=event_id, vens=vens, opt_ins=opt_ins,
                devices=len({r.device.device_id for r in plans}),
-               commands=dict(sorted(commands.items())), requested_kw=requested,
+               acked=dict(sorted(acked.items())), sent=dict(sorted(sent.items())),
+               requested_kw=requested,
                delivered_kw=delivered,
                accepted=sum(v.decision is Decision.ACCEPTED for v in verdicts),
                rejected=sum(v.decision is not Decision.ACCEPTED for v in verdicts),
@@ -131,10 +125,10 @@ def _plans_row(label: str, event_id: str, plans: Sequence[PlanRecord],
 
 def table(summary: Summary) -> str:
     """The summary as a plain-text table, then the CMB's alerts and overrides."""
-    head = ("event", "VENs", "opt-in", "devices", "commands per channel", "requested kW",
+    head = ("event", "VENs", "opt-in", "devices", "commands acked/sent", "requested kW",
             "delivered kW", "CMB ok/rejected")
     body = [(r.label, str(r.vens), str(r.opt_ins), str(r.devices),
-             " ".join(f"{c}:{n}" for c, n in r.commands.items()) or "-",
+             " ".join(f"{c}:{r.acked.get(c, 0)}/{n}" for c, n in r.sent.items()) or "-",
              _kw(r.requested_kw), _kw(r.delivered_kw), f"{r.accepted}/{r.rejected}"
              + (" (" + ", ".join(f"{rule} {n}" for rule, n in r.rules.items()) + ")"
                 if r.rules else ""))

@@ -147,16 +147,40 @@ def test_the_attack_is_caught_and_capped_through_the_metering_path(
     assert delivered == [(len(heaters),)]
 
 
+def bridge_dbs(data: Path) -> list[Path]:
+    return [db for db in sorted(data.glob("*.db")) if db.name != "vtn.db"]
+
+
+def acked(data: Path, plan_ids: list[str]) -> Counter[str]:
+    """Per channel, the commands for these plans the devices acknowledged."""
+    wanted = set(plan_ids)
+    return Counter(channel for db in bridge_dbs(data) for plan_id, channel in query(
+        db, "SELECT plan_id, channel FROM bridge_channel_outcome "
+            "WHERE json_extract(result, '$.outcome') = 'delivered'") if plan_id in wanted)
+
+
+def plans_where(data: Path, where: str) -> list[dict[str, Any]]:
+    return [{"plan_id": plan_id, "status": status, **json.loads(dispatch)}
+            for db in bridge_dbs(data) for plan_id, status, dispatch in query(
+                db, f"SELECT plan_id, status, dispatch FROM bridge_plan WHERE {where}")]
+
+
+def attack_plans(data: Path) -> list[dict[str, Any]]:
+    return plans_where(data, "plan_id LIKE 'attack/%'")
+
+
 def test_the_summary_matches_the_databases(day: tuple[Path, str]) -> None:
     data, stdout = day
     summary = json.loads((data / "summary.json").read_text())
-    by_event = {r["event_id"]: r for r in summary["rows"] if r["event_id"]}
+    by_label = {r["label"]: r for r in summary["rows"]}
     found = events(data)
-    assert set(by_event) == {e["event_id"] for e in found.values()}
-    for event in found.values():
-        row = by_event[event["event_id"]]
-        answered = deliveries(data, event["event_id"])
-        ps = plans(data, event["event_id"])
+    assert {r["event_id"] for r in by_label.values() if r["event_id"]} == {
+        e["event_id"] for e in found.values()}
+    rows = [(by_label[next(label for label, r in by_label.items()
+                           if r["event_id"] == e["event_id"])], plans(data, e["event_id"]),
+             deliveries(data, e["event_id"])) for e in found.values()]
+    rows.append((by_label["attack (injected)"], attack_plans(data), []))
+    for row, ps, answered in rows:
         sent = [p for p in ps if p["status"] in ("dispatched", "superseded")]
         verdicts = Counter(decision for p in ps for decision, in query(
             data / "vtn.db", "SELECT decision FROM cmb_verdict WHERE plan_id = ? "
@@ -164,16 +188,39 @@ def test_the_summary_matches_the_databases(day: tuple[Path, str]) -> None:
         expected = {
             "vens": len(answered), "opt_ins": sum(o == "optIn" for *_, o in answered),
             "devices": len({p["device"]["device_id"] for p in ps}),
-            "commands": dict(Counter(p["device"]["channel"] for p in sent)),
+            "sent": dict(Counter(p["device"]["channel"] for p in sent)),
+            "acked": dict(acked(data, [p["plan_id"] for p in ps])),
             "accepted": verdicts["accepted"], "rejected": verdicts["rejected"]}
         assert {k: row[k] for k in expected} == expected, row["label"]
+        assert expected["acked"], row["label"]  # the devices acknowledged commands
         printed = next(line for line in stdout.splitlines() if line.startswith(row["label"]))
         cells = printed.split()
         assert str(expected["vens"]) in cells and str(expected["devices"]) in cells, printed
         assert f"{expected['accepted']}/{expected['rejected']}" in printed, printed
-        for channel, n in expected["commands"].items():
-            assert f"{channel}:{n}" in printed, printed
+        for channel, n in expected["sent"].items():
+            assert f"{channel}:{expected['acked'].get(channel, 0)}/{n}" in cells, printed
     assert f"CMB alerts: {len(query(data / 'vtn.db', 'SELECT 1 FROM cmb_alert'))}" in stdout
+
+
+def test_the_aggregator_plans_after_the_attack_follow_its_sequence(
+        day: tuple[Path, str]) -> None:
+    data, stdout = day
+    vtn = data / "vtn.db"
+    injected = {p["plan"]["device_id"]: p["plan"]["sequence"] for p in attack_plans(data)}
+    assert injected
+    # the attack went through the aggregator's own bridge: its plans are numbered after it
+    later = [p for p in plans_where(data, "plan_id NOT LIKE 'attack/%'")
+             if p["plan"]["device_id"] in injected
+             and p["plan"]["sequence"] >= injected[p["plan"]["device_id"]]]
+    assert later and all(p["plan"]["sequence"] > injected[p["plan"]["device_id"]]
+                         for p in later)
+    # and the CMB accepts them: none refused as a replay of a sequence it has seen
+    verdicts = [query(vtn, "SELECT decision, body FROM cmb_verdict WHERE plan_id = ? "
+                           "ORDER BY id DESC LIMIT 1", p["plan_id"]) for p in later]
+    assert all(v and v[0][0] == "accepted" for v in verdicts), verdicts
+    assert not query(vtn, "SELECT plan_id FROM cmb_verdict WHERE aggregator = 'hot-water' "
+                          "AND body LIKE '%sequence_increasing%'")
+    assert "sequence_increasing" not in stdout
 
 
 def test_progress_has_a_line_per_step(day: tuple[Path, str]) -> None:
