@@ -1,5 +1,7 @@
 """The aggregator side in one process: the VEN fleet, the bridge, a Redis Streams worker per
 channel, the step scheduler and the simulated devices (`adrgate ven --fleet FILE --bridge`).
+With `devices_url` the devices and the workers are other processes (`adrgate aggregator`,
+adrgate/aggparts.py): the planner and the telemetry read the devices service's snapshots.
 
 The fleet's grid signals go to the bridge; the bridge's plans go through the channel streams to
 the workers, whose drivers reach the simulated devices on loopback; the channels' outcomes come
@@ -27,6 +29,7 @@ from bridge.channel import Dispatch
 from bridge.cmb_client import CmbReviewer
 from bridge.inventory import devices_of
 from bridge.models import Device, Plan
+from bridge.remote import DeviceSide, RemoteDevices
 from bridge.scheduler import StepScheduler
 from bridge.service import Bridge
 from bridge.sim.world import World, WorldOptions, start_world
@@ -57,6 +60,7 @@ class BridgeOptions:
     seed: int | None = None
     cmb_url: str | None = None  # submit every plan to this CMB (the VTN's base URL)
     cmb_key: PrivateKey | None = None  # the aggregator operator's key registered there
+    devices_url: str | None = None  # an `adrgate devices` service; its workers run elsewhere
 
 
 class _Outlet:
@@ -85,7 +89,8 @@ class AggregatorSide:
         self.clock = clock
         self.devices = tuple(d for ven in spec.vens for d in devices_of(ven))
         self.ready = asyncio.Event()
-        self.world: World
+        self.world: World  # in-process devices only
+        self.physics: DeviceSide
         self.bridge: Bridge
         self.fleet: Fleet
         self.scheduler: StepScheduler
@@ -100,8 +105,13 @@ class AggregatorSide:
                 reviewer = CmbReviewer(self.options.cmb_url, self.options.cmb_key, session,
                                        clock=self.clock)
             now = self.clock()
-            self.world = await start_world(self.devices, stack, start=now, clock=self.clock,
-                                           options=self.options.world)
+            if self.options.devices_url is None:
+                self.world = await start_world(self.devices, stack, start=now,
+                                               clock=self.clock, options=self.options.world)
+                self.physics, drivers = self.world.physics, self.world.drivers
+            else:
+                self.physics, drivers = await self._remote(self.options.devices_url, stack,
+                                                           now), {}
             queue = DispatchQueue(client, prefix=self.options.stream_prefix)
             self.scheduler = StepScheduler(queue.enqueue, clock=self.clock)
             self.scheduler.start()
@@ -111,22 +121,22 @@ class AggregatorSide:
                                                               ending_after=now)
                 if not r.device.takes_plans)
             self.bridge = Bridge(self.spec, self.store, _Outlet(queue, self.scheduler),
-                                 self._views, self.world.physics.forecast, clock=self.clock,
+                                 self._views, self.physics.forecast, clock=self.clock,
                                  seed=self.options.seed,
                                  redispatch_every=self.options.redispatch_every,
                                  sample_every=self.options.sample_every, reviewer=reviewer)
             self.fleet = Fleet(self.spec, self.fleet_store, clock=self.clock,
-                               telemetry=self.world.physics, seed=self.options.seed,
+                               telemetry=self.physics, seed=self.options.seed,
                                on_signals=self.bridge.on_signals)
             consumer = f"{socket.gethostname()}-{os.getpid()}"
             workers = [Worker(client, driver, f"{consumer}-{channel}",
                               prefix=self.options.stream_prefix,
                               max_attempts=self.options.max_attempts,
                               backoff=(self.options.retry_base, self.options.retry_cap))
-                       for channel, driver in self.world.drivers.items()]
+                       for channel, driver in drivers.items()]
             reader = ResultReader(client, prefix=self.options.stream_prefix)
             log.info("bridge: %d devices on %s; %d step jobs rebuilt", len(self.devices),
-                     ", ".join(sorted(self.world.drivers)) or "no channel", rebuilt)
+                     ", ".join(sorted(drivers)) or "no channel here", rebuilt)
             # Readers of Redis end between blocking reads (cancelling one inside redis-py
             # can stall until the connection gives up); the bridge's own loop is cancelled.
             stopping = asyncio.Event()
@@ -147,8 +157,24 @@ class AggregatorSide:
 
     def _views(self, devices: Sequence[Device],
                now: datetime) -> dict[str, DeviceView]:
-        self.world.physics.advance(now)
-        return self.world.physics.views([d.device_id for d in devices])
+        self.physics.advance(now)
+        return self.physics.views([d.device_id for d in devices])
+
+    async def _remote(self, url: str, stack: AsyncExitStack, now: datetime) -> RemoteDevices:
+        """The devices service's first snapshot, then one every few seconds until `stack`
+        closes. Raises aiohttp.ClientError, TimeoutError, SnapshotError."""
+        session = await stack.enter_async_context(
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)))
+        remote = RemoteDevices(url, self.devices, session, start=now)
+        await remote.refresh()
+        refresher = asyncio.create_task(remote.run())
+
+        async def stop() -> None:
+            refresher.cancel()
+            with suppress(asyncio.CancelledError):
+                await refresher
+        stack.push_async_callback(stop)
+        return remote
 
     async def _results(self, reader: ResultReader, stopping: asyncio.Event) -> None:
         while not stopping.is_set():

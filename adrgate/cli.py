@@ -20,12 +20,12 @@ from typing import Any
 
 from campaign import cli as campaign_cli
 
-from . import demo, health
+from . import aggparts, demo, health
 from .logs import configure as configure_logging
 from .settings import Settings
 
 DEFAULT_API = "http://127.0.0.1:8080"
-_COMMANDS = (campaign_cli, demo, health)
+_COMMANDS = (campaign_cli, aggparts, demo, health)
 
 
 class ApiError(RuntimeError):

@@ -31,12 +31,15 @@ from typing import Any, TypeVar
 import jsonschema
 import pytest
 import yaml
+from redis import Redis
 
 from adrgate import health
 from adrgate.cli import build_parser, call, main
 from adrgate.services import EmbeddedRedis, free_port
 from adrgate.settings import VARS, Settings
 from bridge.inventory import devices_of
+from bridge.kinds import Channel
+from bridge.streams import StreamNames
 from ven.fleet import load_fleet
 from ven.records import RegState
 from ven.store import VenStatusRow
@@ -115,7 +118,7 @@ def parses(argv: list[str]) -> bool:
 
 def test_every_adrgate_service_and_health_check_is_a_real_adrgate_command() -> None:
     services = adrgate_services(load_compose())
-    assert {"vtn-a", "vtn-b", "fleet"} <= services.keys()
+    assert {"vtn-a", "vtn-b", "fleet", "devices", "worker-sapc", "worker-hub"} <= services.keys()
     for name, service in services.items():
         command, check = service["command"], service["healthcheck"]["test"]
         assert command[0] == "adrgate" and parses(command[1:]), name
@@ -131,7 +134,9 @@ def test_every_service_has_a_health_check_and_its_dependencies_exist() -> None:
             assert dep in doc["services"], f"{name} depends on unknown {dep}"
             # started only once the dependency is healthy, as the process test does it
             assert spec["condition"] == "service_healthy", f"{name} -> {dep}"
-    assert start_order(doc)[:2] == sorted(BACKING)  # no cycle; the backing services first
+    order = start_order(doc)  # no cycle
+    assert all(order.index(dep) < order.index(name) for name, service in doc["services"].items()
+               for dep in service.get("depends_on", {}))
 
 
 def test_adrgate_services_set_only_variables_adrgate_reads_and_valid_values() -> None:
@@ -217,7 +222,7 @@ class Deployment:
     workdir: Path
     database_url: str
     redis_url: str
-    ports: dict[str, int] = field(default_factory=dict)  # VTN service -> local port
+    ports: dict[str, int] = field(default_factory=dict)  # service with a port -> local port
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)  # still running
     started: list[str] = field(default_factory=list)
 
@@ -225,22 +230,24 @@ class Deployment:
         fleet = ROOT / "docs" / "fleet.compose.toml"
         self.fleet_file = self.workdir / fleet.name
         self.ports = {name: free_port() for name, s in adrgate_services(self.doc).items()
-                      if s.get("ports")}
+                      if s.get("ports") or s.get("expose")}
         self.fleet_file.write_text(self.localize(fleet.read_text()))
 
     @staticmethod
     def container_port(service: dict[str, Any]) -> str:
-        return str(service["ports"][0]).rsplit(":", 1)[-1]
+        return str((service.get("ports") or service["expose"])[0]).rsplit(":", 1)[-1]
 
     def localize(self, value: str, service: str | None = None) -> str:
         """Compose addresses -> local ones: PostgreSQL and Redis to the real servers, a
-        service's own localhost and each VTN's hostname to its local port."""
+        service's own addresses (localhost, any) and each service's hostname to its local
+        port."""
         value = re.sub(r"postgresql\+psycopg://[^@\s\"]+@postgres:5432/\w+", self.database_url,
                        value)
         value = re.sub(r"redis://redis:6379/\d+", self.redis_url, value)
         if service in self.ports:
             inside = self.container_port(self.doc["services"][service])
-            value = value.replace(f"127.0.0.1:{inside}", f"127.0.0.1:{self.ports[service]}")
+            for own in ("127.0.0.1", "0.0.0.0"):
+                value = value.replace(f"{own}:{inside}", f"127.0.0.1:{self.ports[service]}")
         for name, port in self.ports.items():
             inside = self.container_port(self.doc["services"][name])
             value = value.replace(f"{name}:{inside}", f"127.0.0.1:{port}")
@@ -253,7 +260,7 @@ class Deployment:
     def environment(self, name: str) -> dict[str, str]:
         env = {k: self.localize(str(v), name)
                for k, v in self.doc["services"][name].get("environment", {}).items()}
-        if name in self.ports:  # listening on loopback only, on this replica's port
+        if "ADRGATE_PORT" in env:  # a VTN replica: on loopback only, on its local port
             env.update(ADRGATE_HOST="127.0.0.1", ADRGATE_PORT=str(self.ports[name]))
         return {**os.environ, "ADRGATE_DATA_DIR": str(self.workdir / name / "data"), **env}
 
@@ -368,6 +375,16 @@ def test_compose_services_run_and_carry_an_event_across_both_vtn_replicas(
             return event if acked == set(vens.values()) else None
 
         event = wait_until(acknowledged_on_a, timeout=30, what="answers visible on replica A")
+        # the devices service's simulators were told, by the worker processes: the fleet
+        # process runs no worker, and each channel's consumers are its worker's process only
+        told = call(f"http://127.0.0.1:{d.ports['devices']}", "GET", "/snapshot")["commands"]
+        streams = stack.enter_context(Redis.from_url(redis.url, decode_responses=True))
+        consumers = {channel: {c["name"] for c in streams.xinfo_consumers(
+            StreamNames().dispatches(channel), str(channel))}
+            for channel in {dev.channel for v in fleet.vens for dev in devices_of(v)}}
+        workers = {Channel(d.doc["services"][n]["command"][
+            d.doc["services"][n]["command"].index("--channel") + 1]): d.procs[n].pid
+            for n in d.procs if n.startswith("worker-")}
         codes = d.stop()
 
     assert {v["ven"] for v in path["vens"]} == names
@@ -378,4 +395,8 @@ def test_compose_services_run_and_carry_an_event_across_both_vtn_replicas(
         assert plan["random_delay_s"] == 0  # response DSR: dispatched at once
         assert any(o["acknowledged"] for o in plan["outcomes"]), plan
     assert all(x["delivered_at"] and x["responded_at"] for x in event["deliveries"])
+    assert set(told) == devices and all(n > 0 for n in told.values()), told
+    assert consumers.keys() == workers.keys()
+    for channel, names in consumers.items():
+        assert [n.rsplit("-", 2)[-2:] for n in names] == [[str(workers[channel]), channel]]
     assert codes == {name: 0 for name in codes}, d.logs()  # every service stopped cleanly

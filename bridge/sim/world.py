@@ -13,7 +13,7 @@ One `CommandBook` records what every device was told, whatever the channel; the 
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -78,20 +78,10 @@ async def start_world(devices: Sequence[Device], stack: AsyncExitStack, *, start
     by_channel = {c: [d for d in devices if d.channel is c] for c in Channel}
     if sapc := by_channel[Channel.SAPC]:
         key = ec.generate_private_key(ec.SECP256R1())
-        sim = SapcSim(book, {d.reach: {1: d.device_id} for d in sapc}, rng=rng, clock=clock)
-        world.dcc = DccSim(sim, latency=options.dcc_latency,
-                           capacity_per_minute=options.dcc_capacity_per_minute)
-        world.dcc.add_user(ServiceUser(eui=BRIDGE_DCC_USER, key=key.public_key(),
-                                       roles=frozenset({Role.SUPPLIER})))
-        for eui, public in options.dcc_load_controllers:
-            world.dcc.add_user(ServiceUser(eui=eui, key=public,
-                                           roles=frozenset({Role.LOAD_CONTROLLER})))
-        url = await world.dcc.start(port=options.dcc_port)
-        on_close(world.dcc.close)
-        sapc_driver = SapcDriver(user_eui=BRIDGE_DCC_USER, key=key, dcc_url=url,
-                                 timeout=options.channel_timeout_s, clock=clock)
-        on_close(sapc_driver.aclose)
-        world.drivers[Channel.SAPC] = sapc_driver
+        world.dcc = await start_dcc(sapc, book, stack, rng=rng, clock=clock, options=options)
+        world.dcc.add_user(bridge_user(key.public_key()))
+        world.drivers[Channel.SAPC] = sapc_driver(world.dcc.url, key, stack, clock=clock,
+                                                  options=options)
     if evs := by_channel[Channel.OCPP]:
         world.central = CentralSystem(response_timeout=options.channel_timeout_s)
         await world.central.start()
@@ -105,17 +95,10 @@ async def start_world(devices: Sequence[Device], stack: AsyncExitStack, *, start
             world.charge_points[d.reach] = cp
         world.drivers[Channel.OCPP] = OcppDriver(world.central, now=clock)
     if batteries := by_channel[Channel.BATTERY_HUB]:
-        hubs: dict[str, Hub] = {}
-        for name in dict.fromkeys(d.reach for d in batteries):
-            group = [d for d in batteries if d.reach == name]
-            hub = HubSimulator(book, [d.device_id for d in group],
-                               takes_plans=group[0].takes_plans, rng=rng, clock=clock)
-            hubs[name] = Hub(url=await hub.start(), takes_plans=hub.takes_plans)
-            on_close(hub.close)
-            world.hubs[name] = hub
-        hub_driver = HubDriver(hubs, timeout_s=options.channel_timeout_s)
-        on_close(hub_driver.aclose)
-        world.drivers[Channel.BATTERY_HUB] = hub_driver
+        world.hubs = await start_hubs(batteries, book, stack, rng=rng, clock=clock)
+        world.drivers[Channel.BATTERY_HUB] = hub_driver(
+            {name: Hub(url=hub.url, takes_plans=hub.takes_plans)
+             for name, hub in world.hubs.items()}, stack, options=options)
     if inverters := by_channel[Channel.IEEE_2030_5]:
         server = Ieee20305Server([d.reach for d in inverters],
                                  poll_rate_s=max(1, round(options.inverter_poll_s)), clock=clock)
@@ -131,3 +114,61 @@ async def start_world(devices: Sequence[Device], stack: AsyncExitStack, *, start
         world.drivers[Channel.IEEE_2030_5] = Ieee20305Driver(
             server, ack_timeout_s=options.channel_timeout_s, clock=clock)
     return world
+
+
+# --- the channels whose devices serve and the drivers that reach them ------------------------
+# (SAPC through the DCC, battery hubs): `adrgate devices` runs the former, `adrgate worker` the
+# latter, in separate processes.
+
+SERVED_CHANNELS = frozenset({Channel.SAPC, Channel.BATTERY_HUB})
+
+
+def bridge_user(key: ec.EllipticCurvePublicKey, eui: str = BRIDGE_DCC_USER) -> ServiceUser:
+    """The bridge as a DCC service user in the supplier role."""
+    return ServiceUser(eui=eui, key=key, roles=frozenset({Role.SUPPLIER}))
+
+
+async def start_dcc(sapc: Sequence[Device], book: CommandBook, stack: AsyncExitStack, *,
+                    rng: random.Random, clock: Callable[[], datetime], options: WorldOptions,
+                    host: str = "127.0.0.1") -> DccSim:
+    """A DCC simulator in front of a SAPC simulator holding every SAPC device on controller 1,
+    serving on `host`, options.dcc_port; its users are the Load Controllers of `options`."""
+    sim = SapcSim(book, {d.reach: {1: d.device_id} for d in sapc}, rng=rng, clock=clock)
+    dcc = DccSim(sim, latency=options.dcc_latency,
+                 capacity_per_minute=options.dcc_capacity_per_minute)
+    for eui, public in options.dcc_load_controllers:
+        dcc.add_user(ServiceUser(eui=eui, key=public, roles=frozenset({Role.LOAD_CONTROLLER})))
+    await dcc.start(host=host, port=options.dcc_port)
+    stack.push_async_callback(dcc.close)
+    return dcc
+
+
+def sapc_driver(dcc_url: str, key: ec.EllipticCurvePrivateKey, stack: AsyncExitStack, *,
+                clock: Callable[[], datetime], options: WorldOptions,
+                eui: str = BRIDGE_DCC_USER) -> SapcDriver:
+    driver = SapcDriver(user_eui=eui, key=key, dcc_url=dcc_url,
+                        timeout=options.channel_timeout_s, clock=clock)
+    stack.push_async_callback(driver.aclose)
+    return driver
+
+
+async def start_hubs(batteries: Sequence[Device], book: CommandBook, stack: AsyncExitStack, *,
+                     rng: random.Random, clock: Callable[[], datetime],
+                     host: str = "127.0.0.1") -> dict[str, HubSimulator]:
+    """One hub simulator per device group (the devices' address), on `host`, any free port."""
+    hubs: dict[str, HubSimulator] = {}
+    for name in dict.fromkeys(d.reach for d in batteries):
+        group = [d for d in batteries if d.reach == name]
+        hub = HubSimulator(book, [d.device_id for d in group],
+                           takes_plans=group[0].takes_plans, rng=rng, clock=clock)
+        await hub.start(host=host)
+        stack.push_async_callback(hub.close)
+        hubs[name] = hub
+    return hubs
+
+
+def hub_driver(hubs: Mapping[str, Hub], stack: AsyncExitStack, *,
+               options: WorldOptions) -> HubDriver:
+    driver = HubDriver(hubs, timeout_s=options.channel_timeout_s)
+    stack.push_async_callback(driver.aclose)
+    return driver
