@@ -68,7 +68,7 @@ class VenRow(SQLModel, table=True):
 class VenPollRow(SQLModel, table=True):
     """When each VEN last polled: its own table, so a database made before it gains it."""
 
-    __tablename__ = "ven_poll"
+    __tablename__ = "last_poll"  # not "ven_...": that prefix is the VEN fleet's tables
     ven_id: str = Field(primary_key=True)
     last_poll: datetime | None = _ts()
 
