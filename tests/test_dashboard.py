@@ -28,6 +28,7 @@ from vtn.dashboard_data import (
     Presence,
     Telemetry,
     area_charts,
+    event_chart,
     online_state,
 )
 from oadr.isotime import parse_datetime
@@ -371,6 +372,20 @@ def test_a_delta_is_requested_from_the_level_before_the_event() -> None:
     assert view.requested(rec.event, signal, reach, T0 + 60 * S, None) == baseline - 20.0
     assert view.requested(rec.event, signal, reach, T0 - S, None) is None  # not yet
     assert view.requested(rec.event, signal, reach, T0 + 60 * S, T0 + 30 * S) is None  # cancelled
+
+
+def test_a_request_that_cannot_be_known_says_why() -> None:
+    after_only = samples(("v", "r", [(30, 45.0)]))  # nothing before the event: no baseline
+    delta = event_chart(PowerView(after_only, [], {"e1": ["v"]}),
+                        event_record("LOAD_DISPATCH", "delta", -20.0), now=T0 + 60 * S)
+    assert delta is not None and delta["requested"] == [] and "baseline" in delta["note"]
+    unrated = event_chart(PowerView(after_only, [], {"e1": ["v"]}),
+                          event_record("LOAD_CONTROL", "x-loadControlCapacity", 0.5),
+                          now=T0 + 60 * S)
+    assert unrated is not None and "registry" in unrated["note"]
+    setpoint = event_chart(PowerView(after_only, [], {"e1": ["v"]}),
+                           event_record("LOAD_DISPATCH", "setpoint", 20.0), now=T0 + 60 * S)
+    assert setpoint is not None and setpoint["requested"] and setpoint["note"] is None
 
 
 def test_capacity_and_areas_follow_the_registered_ratings() -> None:

@@ -62,7 +62,8 @@ PARTS: Final = ("fleet", "events", "power", "cmb")
 EVENTS_SHOWN: Final = 50  # the newest events in the timeline
 CHARTED: Final = 12  # the newest events with a power request get a chart
 BUCKETS: Final = 120  # points per chart at most
-STALE: Final = timedelta(minutes=10)  # a series' last value counts this long
+STALE_MINUTES: Final = 10
+STALE: Final = timedelta(minutes=STALE_MINUTES)  # a series' last value counts this long
 MAX_SAMPLES: Final = 200_000  # telemetry rows read per chart request, newest first
 # Only the newest report values are looked at: bounded work however long the VTN has run.
 RECENT_VALUES: Final = 1_000_000
@@ -481,8 +482,18 @@ def event_chart(view: PowerView, rec: EventRecord, now: datetime) -> dict[str, A
             "start": iso(start), "end": iso(end), "dtstart": iso(ev.active_period.dtstart),
             "vens": len(reached), "series": len(series),
             "requested": requested, "delivered": delivered,
-            "note": None if requested or not reached or signal.signal_name != "LOAD_CONTROL"
-            else "capacity in kW needs the devices' ratings from the CMB's device registry"}
+            "note": None if requested or not reached else _unknowable(signal)}
+
+
+def _unknowable(signal: EventSignal) -> str | None:
+    """Why a request in kW cannot be charted, for the signals whose kW needs more than the
+    event itself."""
+    if signal.signal_name == "LOAD_CONTROL":
+        return "capacity in kW needs the devices' ratings from the CMB's device registry"
+    if signal.signal_type == "delta":
+        return (f"a delta in kW needs the VENs' delivered power in the {STALE_MINUTES} minutes "
+                "before the event (its baseline)")
+    return None
 
 
 def area_charts(view: PowerView, events: Sequence[EventRecord], start: datetime,
