@@ -32,6 +32,9 @@ EXPORT_PRICE_FRACTION: Final = 0.5  # exported energy earns this fraction of the
 
 HOT_WATER_LOSS_C_PER_H: Final = 1.0  # default standing loss plus typical draw, degrees per hour
 HOT_WATER_KWH_PER_C: Final = 0.23  # default: about 200 l of water (4.19 kJ/kg/K)
+# An immersion thermostat's differential: it cuts back in this far below its cut-out (rod
+# thermostats: about 5-8 degrees). A supply switched on above the cut-in heats nothing.
+HOT_WATER_DEADBAND_C: Final = 5.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -246,22 +249,93 @@ def ev_plan(device: Device, prices: Sequence[SignalInterval], *, energy_kwh_need
 
 # --- hot water ------------------------------------------------------------------------------
 
+@dataclass(frozen=True, slots=True)
+class TankState:
+    """A tank's temperature and its thermostat's contacts: `calling` once it fell to the cut-in,
+    until it reaches the cut-out (closed contacts stay closed while the supply is cut)."""
+
+    temp_c: float
+    calling: bool = False
+
+
+def tank_step(device: Device, tank: TankState, *, kw: float, hours: float,
+              loss_c_per_h: float = HOT_WATER_LOSS_C_PER_H,
+              kwh_per_c: float = HOT_WATER_KWH_PER_C,
+              deadband_c: float = HOT_WATER_DEADBAND_C,
+              boost: bool = False) -> tuple[TankState, float]:
+    """The tank after `hours` with `kw` reaching its element (0: supply cut), and the kWh drawn:
+    the thermal model. It loses `loss_c_per_h` degrees an hour; its thermostat calls for heat
+    at or below the cut-in, max(`comfort_min_c`, `comfort_max_c` - `deadband_c`), and heats at
+    `kw` / `kwh_per_c` degrees an hour until the cut-out at `comfort_max_c`. A `boost` moves the
+    cut-in to the cut-out: the tank is held at the top. Exact in continuous time, so one long
+    step gives what many short ones give. The temperature's lowest point in the step is an end
+    or the cut-in, so when both ends are in the band the whole step is.
+
+    Raises:
+        ValueError: the device declares no comfort band, or `kwh_per_c` is not positive.
+    """
+    low, high = device.comfort_min_c, device.comfort_max_c
+    if low is None or high is None:
+        raise ValueError(f"{device.device_id} declares no comfort band")
+    if kwh_per_c <= 0:
+        raise ValueError(f"kWh per degree {kwh_per_c} is not positive")
+    kw, loss = max(kw, 0.0), loss_c_per_h
+    cut_in = high if boost else min(max(low, high - deadband_c), high)
+    net = kw / kwh_per_c - loss  # degrees an hour while heating
+    temp, calling, left, kwh = tank.temp_c, tank.calling, hours, 0.0
+    if cut_in >= high and temp >= high and kw > 0:  # no differential: held at the top
+        if net >= 0:
+            return TankState(high, calling=False), loss * kwh_per_c * left
+        return TankState(temp + net * left, calling=True), kw * left
+    cycled = False
+    # Phases: cool to the cut-in, heat to the cut-out, skip whole cycles, cool, heat, and one
+    # pass for rounding.
+    for _ in range(6):
+        if left <= 0:
+            break
+        calling = temp < high and (calling or temp <= cut_in)
+        if calling and kw > 0:
+            span = left if net <= 0 else min(left, (high - temp) / net)
+            temp, kwh, left = temp + net * span, kwh + kw * span, left - span
+            if left <= 0:
+                break
+            temp, calling = high, False  # the cut-out
+            if cut_in >= high:  # no differential: held at the top, making up the loss
+                kwh += loss * kwh_per_c * left
+                break
+            if loss <= 0:
+                break  # it never cools back to the cut-in
+            if not cycled:  # the thermostat now cycles between cut-in and cut-out
+                heat_h = (high - cut_in) / net
+                period = (high - cut_in) / loss + heat_h
+                cycles = left // period
+                left, kwh, cycled = left - cycles * period, kwh + cycles * kw * heat_h, True
+        elif calling or loss <= 0:  # contacts closed but no supply, or nothing cools it
+            temp -= loss * left
+            break
+        else:
+            span = min(left, (temp - cut_in) / loss)
+            temp, left = temp - loss * span, left - span
+            if left > 0:
+                temp, calling = cut_in, True
+    return TankState(temp, calling=calling), kwh
+
+
 def hot_water_temperatures(device: Device, heating: Sequence[bool], *, temp_c: float,
                            step: timedelta, loss_c_per_h: float = HOT_WATER_LOSS_C_PER_H,
-                           kwh_per_c: float = HOT_WATER_KWH_PER_C) -> list[float]:
-    """The tank temperature at the end of each step (the thermal model): it loses
-    `loss_c_per_h` degrees an hour; a heating step adds `rated_import_kw` x hours / `kwh_per_c`
-    degrees, and the tank's own thermostat stops at `comfort_max_c`. Within a step the
-    temperature moves one way, so the ends bound it."""
+                           kwh_per_c: float = HOT_WATER_KWH_PER_C,
+                           deadband_c: float = HOT_WATER_DEADBAND_C) -> list[float]:
+    """The tank temperature at the end of each step (`tank_step`, its thermostat's contacts open
+    at the start): in a heating step the element's supply is on at `rated_import_kw` and the
+    thermostat decides; otherwise the supply is cut."""
     hours = step / timedelta(hours=1)
-    top = device.comfort_max_c if device.comfort_max_c is not None else math.inf
+    tank = TankState(temp_c)
     temps: list[float] = []
-    t = temp_c
     for on in heating:
-        t -= loss_c_per_h * hours
-        if on:
-            t = min(t + device.rated_import_kw * hours / kwh_per_c, max(top, t))
-        temps.append(t)
+        tank, _ = tank_step(device, tank, kw=device.rated_import_kw if on else 0.0, hours=hours,
+                            loss_c_per_h=loss_c_per_h, kwh_per_c=kwh_per_c,
+                            deadband_c=deadband_c)
+        temps.append(tank.temp_c)
     return temps
 
 
@@ -271,15 +345,20 @@ def hot_water_plan(device: Device, prices: Sequence[SignalInterval], *, temp_c: 
                    horizon: timedelta = MAX_VALIDITY,
                    loss_c_per_h: float = HOT_WATER_LOSS_C_PER_H,
                    kwh_per_c: float = HOT_WATER_KWH_PER_C,
+                   deadband_c: float = HOT_WATER_DEADBAND_C,
                    event_id: str | None = None) -> Plan:
     """Keep the tank in [`comfort_min_c`, `comfort_max_c`] heating in the cheapest steps, with
-    the model of `hot_water_temperatures`. A LIMIT plan (level 100 heats, 0 holds off), so it
-    runs on a SAPC too; the tank's thermostat keeps it under the maximum.
+    the model of `hot_water_temperatures`. A LIMIT plan (level 100 switches the element's supply
+    on, 0 cuts it), so it runs on a SAPC too. A supply switch cannot make the thermostat heat:
+    the plan counts on the thermostat's cut-in and cut-out (`deadband_c`), as the device will
+    behave, not on the tank staying at the top while allowed. Its contacts are taken as open at
+    the start (a tank already calling heats sooner than planned, never later).
 
     Greedy: while the simulated temperature first falls below the minimum at the end of step i,
     turn on heating in the cheapest step not yet heating at or before i (latest first on ties:
-    less heat is lost). Heating more never cools the tank, so this ends; when no step is left,
-    the plan heats all it can (best effort).
+    less heat is lost). Each pass turns on one more step, so this ends; with every step on the
+    thermostat holds the tank above its cut-in, so the plan keeps the band whenever the tank can;
+    when no step is left, the plan heats all it can (best effort).
 
     Raises:
         ValueError: the device declares no comfort band, no priced step, or a non-positive
@@ -292,9 +371,10 @@ def hot_water_plan(device: Device, prices: Sequence[SignalInterval], *, temp_c: 
         raise ValueError(f"kWh per degree {kwh_per_c} is not positive")
     price = _step_prices(prices, start, step, horizon // step if step > timedelta(0) else 0)
     heating = [False] * len(price)
-    while True:
+    for _ in range(len(price) + 1):
         temps = hot_water_temperatures(device, heating, temp_c=temp_c, step=step,
-                                       loss_c_per_h=loss_c_per_h, kwh_per_c=kwh_per_c)
+                                       loss_c_per_h=loss_c_per_h, kwh_per_c=kwh_per_c,
+                                       deadband_c=deadband_c)
         cold = next((i for i, t in enumerate(temps) if t < low), None)
         if cold is None:
             break

@@ -12,14 +12,18 @@ import pytest
 from bridge.models import MAX_VALIDITY, Channel, Device, Mode, Plan, validate
 from policies.price_plan import (
     EXPORT_PRICE_FRACTION,
+    HOT_WATER_DEADBAND_C,
     HOT_WATER_KWH_PER_C,
     HOT_WATER_LOSS_C_PER_H,
     SOC_MAX,
     SOC_MIN,
+    TankState,
     battery_pv_plan,
     ev_plan,
     hot_water_plan,
+    hot_water_temperatures,
     needs_replan,
+    tank_step,
 )
 from ven.fleet import DeviceClass
 from ven.records import Purpose, SignalInterval
@@ -190,13 +194,23 @@ def test_ev_needing_nothing_holds() -> None:
 
 # --- hot water ----------------------------------------------------------------------------
 
+SECOND = 1 / 3600  # hours
+
+
 def simulate_tank(plan: Plan, temp: float, loss: float = HOT_WATER_LOSS_C_PER_H) -> list[float]:
-    """Tank temperature at each step end, an independent copy of the documented model."""
-    temps = []
+    """Tank temperature at each step end, an independent copy of the documented model run in
+    one-second steps: the thermostat calls at or below the cut-in and stops at the cut-out; a
+    plan's level 100 only switches the supply on."""
+    assert TANK.comfort_min_c is not None and TANK.comfort_max_c is not None
+    cut_in = max(TANK.comfort_min_c, TANK.comfort_max_c - HOT_WATER_DEADBAND_C)
+    temps, calling = [], False
     for _, _, level in per_step(plan):
-        temp -= loss * H
-        if level == 100:
-            temp = min(temp + TANK.rated_import_kw * H / HOT_WATER_KWH_PER_C, 65.0)
+        for _ in range(round(H / SECOND)):
+            calling = temp < TANK.comfort_max_c and (calling or temp <= cut_in)
+            temp -= loss * SECOND
+            if calling and level == 100:
+                temp = min(temp + TANK.rated_import_kw * SECOND / HOT_WATER_KWH_PER_C,
+                           TANK.comfort_max_c)
         temps.append(temp)
     return temps
 
@@ -211,11 +225,42 @@ def test_hot_water_stays_in_its_band_heating_in_cheap_steps(temp: float, loss: f
     assert validate(plan, TANK) == []
     assert plan.end == T0 + 48 * STEP
     temps = simulate_tank(plan, temp, loss)
-    assert all(45.0 <= t <= 65.0 for t in temps), temps
+    # within a second's loss of the band: the copy runs in whole seconds, the model continuously
+    assert all(45.0 - loss * SECOND <= t <= 65.0 for t in temps), temps
     heated = [i for i, (_, _, level) in enumerate(per_step(plan)) if level == 100]
     assert heated  # 24 h of loss needs heat
     # Each heating step is cheap unless the one before it could not have held the minimum.
     assert sum(prices[i].value == CHEAP for i in heated) >= len(heated) / 2
+
+
+def test_hot_water_supply_on_above_the_cut_in_heats_nothing() -> None:
+    # A SAPC switches the element's supply; the thermostat decides. Above its cut-in the tank
+    # only cools, however long the supply is on; at the cut-in it heats back to the cut-out.
+    assert TANK.comfort_max_c is not None
+    cut_in = TANK.comfort_max_c - HOT_WATER_DEADBAND_C
+    start = cut_in + 2 * H * HOT_WATER_LOSS_C_PER_H  # reaches the cut-in after two steps
+    temps = hot_water_temperatures(TANK, [True] * 3, temp_c=start, step=STEP)
+    assert temps[:2] == pytest.approx([start - HOT_WATER_LOSS_C_PER_H * H,
+                                       start - 2 * HOT_WATER_LOSS_C_PER_H * H])
+    assert temps[2] > temps[1]
+    tank, kwh = tank_step(TANK, TankState(start), kw=TANK.rated_import_kw, hours=2 * H)
+    assert kwh == 0 and tank.temp_c == pytest.approx(cut_in)
+
+
+@pytest.mark.parametrize("kw,boost", [(3.0, False), (1.0, False), (0.0, False), (3.0, True)])
+@pytest.mark.parametrize("temp", [46.0, 58.0, 65.0])
+def test_tank_step_is_the_same_in_one_step_or_in_many(kw: float, boost: bool,
+                                                      temp: float) -> None:
+    # The simulators run the model minute by minute, the plans in half hours: they must agree.
+    one, one_kwh = tank_step(TANK, TankState(temp), kw=kw, hours=12.0, boost=boost)
+    tank, kwh = TankState(temp), 0.0
+    for _ in range(12 * 60):
+        tank, used = tank_step(TANK, tank, kw=kw, hours=1 / 60, boost=boost)
+        kwh += used
+    assert tank.temp_c == pytest.approx(one.temp_c, abs=1e-9)
+    assert kwh == pytest.approx(one_kwh, abs=1e-9)
+    assert TANK.comfort_min_c is not None and TANK.comfort_max_c is not None
+    assert one.temp_c <= max(temp, TANK.comfort_max_c)
 
 
 def test_hot_water_needs_a_comfort_band() -> None:

@@ -31,13 +31,14 @@ Battery + PV + household load (class battery):
 EV at a charge point (class ev): plugged in during its `EvSession`; charges until the session's
 energy is delivered, flat out by default (and under BALANCE), at `power_kw` under CHARGE, at
 level% of rated under LIMIT; HOLD, DISCHARGE (no V2G) and energized=False: 0 kW.
-Hot-water tank (class hot_water): the thermal model of policies/price_plan.py
-(`hot_water_temperatures`: standing loss in degrees per hour, heating at kWh per degree, the
-tank's cut-out at `comfort_max_c`). Its thermostat calls for heat at or below
-max(comfort_min, comfort_max - deadband) and stops at comfort_max. LIMIT caps the element at
-level% of rated, HOLD and DISCHARGE block it, CHARGE boosts to comfort_max. Comfort comes first:
-when the allowed heat would leave the tank below `comfort_min_c` at the end of a step, it heats
-at rated power anyway and reports manual_override until the command in force changes.
+Hot-water tank (class hot_water): the thermal model the price plans are made with
+(`policies.price_plan.tank_step`: standing loss in degrees per hour, heating at kWh per degree,
+a thermostat that calls for heat at or below max(comfort_min, comfort_max - deadband) and stops
+at comfort_max). LIMIT caps the element's supply at level% of rated (the thermostat still
+decides whether it heats), HOLD and DISCHARGE cut it, CHARGE boosts: held at comfort_max.
+Comfort comes first: when the allowed heat would leave the tank below `comfort_min_c` at the end
+of a step, it heats at rated power anyway and reports manual_override until the command in force
+changes.
 energized=False switches the element off (a safety cut beats comfort).
 Other classes (heat pump, hvac, generic): a constant baseline; LIMIT caps it at level% of rated,
 CHARGE runs at `power_kw` (pre-heating), HOLD and DISCHARGE: idle (0 kW), energized=False: off.
@@ -63,11 +64,13 @@ from oadr.messages import LoadControlState
 from policies.dispatch import DeviceState
 from policies.plans import DeviceView
 from policies.price_plan import (
+    HOT_WATER_DEADBAND_C,
     HOT_WATER_KWH_PER_C,
     HOT_WATER_LOSS_C_PER_H,
     SOC_MAX,
     SOC_MIN,
-    hot_water_temperatures,
+    TankState,
+    tank_step,
 )
 from ven.fleet import DeviceClass, ResourceSpec
 from ven.reports import Reading
@@ -80,7 +83,6 @@ ROUND_TRIP_EFFICIENCY: Final = 0.9
 STEP: Final = timedelta(minutes=1)
 CLOUD_SLOT: Final = timedelta(minutes=10)
 FLEX_HORIZON: Final = timedelta(minutes=5)  # flexibility is what a device can hold this long
-THERMOSTAT_DEADBAND_C: Final = 5.0
 EV_DEFAULT_NEED_SHARE: Final = 0.5  # an EV without a declared need arrives wanting half its battery
 HISTORY: Final = 512  # samples kept per resource: over 8 h of one-minute steps
 _HOUR: Final = timedelta(hours=1)
@@ -142,7 +144,7 @@ class TankProfile:
     temp_c: float | None = None  # None: the middle of the comfort band
     loss_c_per_h: float = HOT_WATER_LOSS_C_PER_H
     kwh_per_c: float = HOT_WATER_KWH_PER_C
-    deadband_c: float = THERMOSTAT_DEADBAND_C
+    deadband_c: float = HOT_WATER_DEADBAND_C
 
     def __post_init__(self) -> None:
         if not (self.loss_c_per_h >= 0 and self.kwh_per_c > 0 and self.deadband_c >= 0):
@@ -369,27 +371,25 @@ class _Ev(_Sim):
 
 
 class _Tank(_Sim):
-    __slots__ = ("heating", "high", "low", "profile", "temp_c")
+    __slots__ = ("high", "low", "profile", "tank")
 
     def __init__(self, device: Device, profile: TankProfile) -> None:
         super().__init__(device)
         assert device.comfort_min_c is not None and device.comfort_max_c is not None
         self.low, self.high = device.comfort_min_c, device.comfort_max_c
         self.profile = profile
-        self.temp_c = profile.temp_c if profile.temp_c is not None else (self.low + self.high) / 2
-        self.heating = False
+        self.tank = TankState(profile.temp_c if profile.temp_c is not None
+                              else (self.low + self.high) / 2)
 
-    def _heat(self, s: _Step, kw: float) -> tuple[float, float]:
-        """The temperature at the end of the step heating at `kw`, and the kWh it takes."""
-        p, rated = self.profile, self.device.rated_import_kw
-        # The policy's model heats at rated power; a smaller element heats the same tank as the
-        # rated one heats a tank taking rated/kw times the energy per degree.
-        scale = rated / kw if 0 < kw else 1.0
-        end = hot_water_temperatures(self.device, [kw > 0], temp_c=self.temp_c, step=s.length,
-                                     loss_c_per_h=p.loss_c_per_h,
-                                     kwh_per_c=p.kwh_per_c * scale)[0]
-        cooled = self.temp_c - p.loss_c_per_h * s.hours
-        return end, max(0.0, end - cooled) * p.kwh_per_c
+    @property
+    def temp_c(self) -> float:
+        return self.tank.temp_c
+
+    def _heat(self, s: _Step, kw: float, *, boost: bool) -> tuple[TankState, float]:
+        p = self.profile
+        return tank_step(self.device, self.tank, kw=kw, hours=s.hours,
+                         loss_c_per_h=p.loss_c_per_h, kwh_per_c=p.kwh_per_c,
+                         deadband_c=p.deadband_c, boost=boost)
 
     def draw(self, s: _Step, sp: Setpoint | None, *, commit: bool) -> tuple[float, bool]:
         rated = self.device.rated_import_kw
@@ -400,17 +400,12 @@ class _Tank(_Sim):
             allowed = rated
         else:
             allowed = _power(sp, rated) if mode is Mode.CHARGE else min(rated, _cap(sp, self.device))
-        switch_on = max(self.low, self.high - self.profile.deadband_c)
-        calls = self.temp_c < self.high and (
-            mode is Mode.CHARGE or self.heating or self.temp_c <= switch_on)
-        end, kwh = self._heat(s, allowed if calls else 0.0)
-        defied = end < self.low and allowed < rated and _energized(sp)
+        end, kwh = self._heat(s, allowed, boost=mode is Mode.CHARGE)
+        defied = end.temp_c < self.low and allowed < rated and _energized(sp)
         if defied:  # the day job first: comfort beats the command
-            calls = True
-            end, kwh = self._heat(s, rated)
+            end, kwh = self._heat(s, rated, boost=True)
         if commit:
-            self.temp_c = end
-            self.heating = calls and end < self.high
+            self.tank = end
         return kwh / s.hours, defied
 
     def bounds(self, s: _Step, sp: Setpoint | None) -> tuple[float, float]:
