@@ -34,9 +34,10 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from policies.dispatch import Allocation, redispatch
+from policies.ladder import plan_for_signal
 from policies.plans import (
-    OPEN_END, PRICE_STEP, DeviceView, Forecast, Planned, dispatch_plan, dispatch_step,
-    interval_target, plans_for_signal)
+    OPEN_END, PRICE_STEP, DeviceView, Forecast, Planned, cap_over, dispatch_plan,
+    dispatch_step, interval_target, plans_for_signal, resumed, under_cap)
 from policies.price_plan import needs_replan
 from ven.fleet import FleetSpec
 from ven.records import GridSignal, SignalInterval
@@ -55,6 +56,7 @@ log = logging.getLogger(__name__)
 
 SignalKey = tuple[str, int, str]  # event id, modification number, signal id
 Views = Callable[[Sequence[Device], datetime], Mapping[str, DeviceView]]
+CAP_SIGNALS = ("SIMPLE", "LOAD_CONTROL")  # the ladder's signals: import caps
 
 
 class Reviewer(Protocol):
@@ -295,7 +297,46 @@ class Bridge:
                 fleet_kw=sum(v.state.current_kw for v in views.values()),
                 allocations=list(result.allocations))
         self._watch_forecasts(ven, key, result.plans)
-        return await self._send(result.plans, now, signal.program)
+        return await self._send(self._capping(ven, signal, result.plans), now,
+                                signal.program)
+
+    def _capping(self, ven: str, signal: GridSignal, planned: Sequence[Planned]
+                 ) -> list[Planned]:
+        """Plans that keep caps capping: a device runs only the newest plan it was sent, so a
+        cap's plan carries the lower of it and what the device already follows from other
+        events (`cap_over`), and a price plan made while a cap is in force keeps under the cap
+        (`under_cap`)."""
+        name = signal.signal_name.upper()
+        if name in CAP_SIGNALS:
+            out = []
+            for p in planned:
+                beneath = self._beneath(p.plan.device_id, signal.event_id, p.plan.start,
+                                        p.plan.end)
+                out.append(p if beneath is None else replace(p, plan=cap_over(
+                    p.plan, beneath, self._by_id[p.plan.device_id])))
+            return out
+        if name != "ELECTRICITY_PRICE":
+            return list(planned)
+        caps = [s for s in self._vens[ven].signals.values()
+                if s.signal_name.upper() in CAP_SIGNALS and s.event_id != signal.event_id]
+        out = []
+        for p in planned:
+            device, plan = self._by_id[p.plan.device_id], p.plan
+            for c in caps:  # the cap's own steps (as sent, they carry the older price plan's)
+                cap = plan_for_signal(c, device, sequence=plan.sequence, issuer=ven,
+                                      rng=random.Random(0))
+                if cap is not None:
+                    plan = under_cap(plan, cap, device)
+            out.append(replace(p, plan=plan))
+        return out
+
+    def _beneath(self, device_id: str, event_id: str, start: datetime, end: datetime
+                 ) -> Plan | None:
+        """The newest plan sent to the device for another event that overlaps [start, end)."""
+        overlapping = [t.plans[device_id] for e, t in self._events.items()
+                       if e != event_id and device_id in t.plans
+                       and t.plans[device_id].start < end and start < t.plans[device_id].end]
+        return max(overlapping, key=lambda b: b.sequence, default=None)
 
     def _watch_forecasts(self, ven: str, key: SignalKey, planned: Sequence[Planned],
                          replanned: datetime | None = None) -> None:
@@ -341,7 +382,8 @@ class Bridge:
             log.info("re-plan of %s: import outside the plan %.2f kW, forecast %.2f kW",
                      device_id, view.uncontrolled_kw, forecast_kw)
             self._watch_forecasts(priced.ven, priced.key, result.plans, replanned=now)
-            records += await self._send(result.plans, now, signal.program)
+            records += await self._send(self._capping(priced.ven, signal, result.plans), now,
+                                        signal.program)
         return records
 
     async def _send(self, planned: Sequence[Planned], now: datetime,
@@ -479,9 +521,12 @@ class Bridge:
             return []
         old = {r.plan.device_id: r.plan for r in self.store.plans(event_id=signal.event_id)
                if r.status is PlanStatus.DISPATCHED and r.plan.device_id in device_ids}
+        # Back to what they follow from other events (a price plan, a cap), else their day job.
         restores = [
             Planned(plan=dispatch_plan(
-                self._by_id[device_id], [dispatch_step(self._by_id[device_id], None, now, plan.end)],
+                self._by_id[device_id],
+                resumed(self._by_id[device_id],
+                        self._beneath(device_id, signal.event_id, now, plan.end), now, plan.end),
                 signal=signal, sequence=self.next_sequence(device_id), issuer=ven,
                 rng=self._rng))
             for device_id, plan in old.items() if plan.end > now]

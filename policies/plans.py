@@ -9,6 +9,13 @@ no clock (`now` is given), randomness only from the `random.Random` passed in.
 | LOAD_DISPATCH setpoint / delta (power)  | allocation by flexibility (policies/dispatch) |
 | ELECTRICITY_PRICE price                 | battery+PV, EV, hot-water plans (price_plan)  |
 
+A cap (a LIMIT plan from the ladder) over a device that already follows a plan from another event
+(its price plan) caps that plan rather than replacing it (`cap_over`), a price plan made while a
+cap is in force keeps under it (`under_cap`), and withdrawing either hands the device back to
+the other (`resumed`): a device runs only the newest plan it was sent where two overlap (IEEE
+2030.5 at equal primacy, OCPP at equal stack level and SAPC all replace), so the bridge, which
+knows both, combines them before sending.
+
 LOAD_DISPATCH: each interval's target is shared across the available devices of the signal's
 resources (`allocate`); a device's step follows its share: a device that can export is told to
 CHARGE or DISCHARGE at its expected power, any other gets a LIMIT at its expected share of rated
@@ -18,8 +25,10 @@ limit otherwise).
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final, TypedDict
@@ -93,6 +102,82 @@ def plans_for_signal(signal: GridSignal, views: Mapping[str, DeviceView], *,
         else:
             planned.append(Planned(plan=plan))
     return SignalPlans(plans=tuple(planned), skipped=tuple(skipped))
+
+
+def cap_over(cap: Plan, beneath: Plan, device: Device) -> Plan:
+    """`cap` (LIMIT steps) over the plan the device follows outside it: in each part of a cap
+    step, the lower of the two. A LIMIT beneath keeps the lower level; a CHARGE beneath keeps
+    charging, at no more than the cap's share of rated import; a HOLD or DISCHARGE of a device
+    that cannot export draws nothing, under any cap, and stays. A storage site holding,
+    balancing or discharging takes the cap: its meter shows its household, which neither a fixed
+    discharge nor balancing (which may empty the battery before the window ends) keeps under the
+    cap, while peak shaving (LIMIT on a site) saves the battery for the import above it."""
+    return dataclasses.replace(cap, steps=_merged(
+        _capped(c, under, device, start, end)
+        for c, under, start, end in _pieces(cap.steps, beneath.steps)))
+
+
+def under_cap(plan: Plan, cap: Plan, device: Device) -> Plan:
+    """`plan`, made while `cap` is in force, with the cap applied where they overlap (as
+    `cap_over`) and unchanged elsewhere."""
+    return dataclasses.replace(plan, steps=_merged(
+        dataclasses.replace(s, start=start, end=end) if c is None
+        else _capped(c, s, device, start, end)
+        for s, c, start, end in _pieces(plan.steps, cap.steps)))
+
+
+def resumed(device: Device, beneath: Plan | None, start: datetime, end: datetime
+            ) -> tuple[PlanStep, ...]:
+    """The steps that hand a device back over [start, end) when a plan over it is withdrawn:
+    the plan beneath where it runs, its day job elsewhere."""
+    day_job = (dispatch_step(device, None, start, end),)
+    if beneath is None:
+        return day_job
+    return _merged(dataclasses.replace(b or s, start=a, end=e)
+                   for s, b, a, e in _pieces(day_job, beneath.steps))
+
+
+def _pieces(steps: Sequence[PlanStep], others: Sequence[PlanStep]
+            ) -> Iterator[tuple[PlanStep, PlanStep | None, datetime, datetime]]:
+    """`steps` cut where a step of `others` starts or ends: each piece with the step of
+    `others` in force over it (None: none) and its bounds."""
+    for s in steps:
+        cuts = sorted({s.start, s.end} | {t for o in others for t in (o.start, o.end)
+                                          if s.start < t < s.end})
+        for start, end in itertools.pairwise(cuts):
+            yield s, next((o for o in others if o.start <= start < o.end), None), start, end
+
+
+def _merged(steps: Iterable[PlanStep]) -> tuple[PlanStep, ...]:
+    """Adjacent pieces that say the same thing as one step."""
+    merged: list[PlanStep] = []
+    for s in steps:
+        if merged and dataclasses.replace(merged[-1], end=s.end) == dataclasses.replace(
+                s, start=merged[-1].start):
+            merged[-1] = dataclasses.replace(merged[-1], end=s.end)
+        else:
+            merged.append(s)
+    return tuple(merged)
+
+
+def _capped(cap: PlanStep, under: PlanStep | None, device: Device, start: datetime,
+            end: datetime) -> PlanStep:
+    level = 100 if cap.level is None else cap.level
+    out = dataclasses.replace(cap, start=start, end=end)
+    if under is None:
+        return out
+    if under.mode is Mode.LIMIT:
+        return dataclasses.replace(out, level=min(level, 100 if under.level is None
+                                                  else under.level))
+    rated = device.rated_import_kw
+    if under.mode is Mode.CHARGE:
+        power = round(min(rated if under.power_kw is None else under.power_kw,
+                          rated * level / 100), 3)
+        return out if power <= 0 else dataclasses.replace(under, start=start, end=end,
+                                                          power_kw=power)
+    if under.mode in (Mode.HOLD, Mode.DISCHARGE) and device.rated_export_kw <= 0:
+        return dataclasses.replace(under, start=start, end=end)
+    return out
 
 
 def dispatch_step(device: Device, share: Share | None, start: datetime, end: datetime, *,

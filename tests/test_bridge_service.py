@@ -354,3 +354,71 @@ async def test_the_sample_after_a_redispatch_sees_the_new_plans() -> None:
     # every sample, including the one taken in the re-dispatch's tick, asks the whole target
     # (within the LIMIT levels' whole percent: 0.15 kW of each 15 kW heater)
     assert [s.requested_kw for s in samples] == pytest.approx([-4.5] * len(samples), abs=0.75)
+
+
+async def test_a_cap_over_a_lower_plan_from_another_event_keeps_the_lower_one(
+        bridge: Bridge) -> None:
+    # The first event holds the tanks off for an hour (SIMPLE level 2: 0 % for hot water); a
+    # 50 % cap from another event over its second half must not let them heat: each device runs
+    # only the newest plan it is sent, so that plan carries the lower of the two.
+    held = await bridge.update("agg", [signal("SIMPLE", "level", 2, 2)])
+    assert {s.level for r in held for s in r.plan.steps} == {0}
+    cap = dataclasses.replace(signal("LOAD_CONTROL", "x-loadControlCapacity", 0.5, 0.5, 0.5),
+                              event_id="e2")
+    cap = dataclasses.replace(cap, intervals=tuple(
+        dataclasses.replace(iv, start=iv.start + 30 * M, end=(iv.end or iv.start) + 30 * M)
+        for iv in cap.intervals))
+    capped = await bridge.update("agg", [signal("SIMPLE", "level", 2, 2), cap])
+    assert len(capped) == 5
+    for r in capped:
+        assert [(s.start, s.end, s.level) for s in r.plan.steps] == [
+            (T0 + 30 * M, T0 + 60 * M, 0), (T0 + 60 * M, T0 + 120 * M, 50)]
+    sent = {d.plan.device_id: d.plan for d in outlet(bridge).sent}
+    assert {p.event_id for p in sent.values()} == {"e2"}
+
+
+def hubless_prices() -> GridSignal:
+    return dataclasses.replace(
+        signal("ELECTRICITY_PRICE", "price", 0.30, 0.05, 0.40, 0.10, resources=("hubless",)),
+        unit="GBP/kWh", event_id="prices")
+
+
+def spans(plan: Plan) -> list[tuple[datetime, datetime, Mode, float | None, int | None]]:
+    return [(s.start, s.end, s.mode, s.power_kw, s.level) for s in plan.steps]
+
+
+async def test_a_price_plan_made_under_a_cap_keeps_under_it(bridge: Bridge) -> None:
+    # SIMPLE level 2 caps the home batteries at 30 % of rated import for the first hour; the
+    # price plan made meanwhile charges at no more than that there, and plans freely after.
+    free = Bridge(FLEET, BridgeStore(create_engine("sqlite://")), Outlet(),
+                  Devices(Outlet()), flat_forecast, clock=lambda: T0, seed=1)
+    (uncapped, _) = [r.plan for r in await free.update("agg", [hubless_prices()])]
+    cap = signal("SIMPLE", "level", 2, 2, resources=("hubless",))
+    await bridge.update("agg", [cap])
+    capped = await bridge.update("agg", [cap, hubless_prices()])
+    plan = next(r.plan for r in capped if r.plan.device_id == uncapped.device_id)
+    assert plan.event_id == "prices" and plan.steps != uncapped.steps
+    hour = T0 + 60 * M
+    rated = bridge._by_id[plan.device_id].rated_import_kw
+    assert all(s.level == 30 if s.mode is Mode.LIMIT else
+               s.mode is Mode.CHARGE and (s.power_kw or 0) <= 0.3 * rated + 1e-9
+               for s in plan.steps if s.start < hour)
+    assert any(s.mode is Mode.CHARGE for s in uncapped.steps if s.start < hour)
+    assert [s for s in spans(plan) if s[0] >= hour] == [
+        s for s in spans(uncapped) if s[0] >= hour]
+
+
+async def test_a_withdrawn_cap_hands_its_devices_back_to_their_price_plans(
+        bridge: Bridge) -> None:
+    priced = {r.plan.device_id: r.plan for r in await bridge.update("agg", [hubless_prices()])}
+    cap = signal("SIMPLE", "level", 2, 2, resources=("hubless",))
+    await bridge.update("agg", [hubless_prices(), cap])
+    released = await bridge.update("agg", [hubless_prices()])  # the cap is cancelled
+    assert {r.plan.device_id for r in released} == set(priced)
+    hour = T0 + 60 * M
+    for r in released:
+        price = priced[r.plan.device_id]
+        assert r.plan.start == T0 and r.plan.end == hour
+        # the price plan's own steps over the cap's hour, not "no limit"
+        assert spans(r.plan) == [(s, min(e, hour), m, p, lv)
+                                 for s, e, m, p, lv in spans(price) if s < hour]

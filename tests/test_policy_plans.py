@@ -9,12 +9,19 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from bridge.models import Channel, Device, Mode, validate
+from bridge.models import Channel, Device, Mode, Plan, PlanStep, validate
 from policies.dispatch import DeviceState
-from policies.plans import DeviceView, SignalPlans, plans_for_signal
-from tests.test_policy_ladder import T0, TANK, signal, simple
+from policies.plans import (
+    DeviceView,
+    SignalPlans,
+    cap_over,
+    plans_for_signal,
+    resumed,
+    under_cap,
+)
+from tests.test_policy_ladder import T0, TANK, capacity, signal, simple
 from ven.fleet import DeviceClass
-from ven.records import GridSignal
+from ven.records import GridSignal, Purpose
 
 M = timedelta(minutes=1)
 STORE = Device(device_id="bat-1", resource_id="bats", device_class=DeviceClass.BATTERY,
@@ -121,3 +128,68 @@ def test_storage_is_told_the_battery_power_that_brings_its_meter_to_the_share() 
     # the meter must show -1 kW: the battery discharges 2.5 kW under 1.5 kW of load
     assert [(s.mode, s.power_kw) for s in planned.plan.steps] == [
         (Mode.DISCHARGE, pytest.approx(2.5))]
+
+
+def steps_of(device: Device, *steps: tuple[int, int, Mode, float | None, int | None]) -> Plan:
+    """A plan of (start minute, end minute, mode, power, level) steps from T0."""
+    return Plan(plan_id=f"p/{device.device_id}", device_id=device.device_id, sequence=1,
+                issuer="agg", purpose=Purpose.ROUTINE, priority=1, event_id="price",
+                steps=tuple(PlanStep(mode=m, start=T0 + a * M, end=T0 + b * M, power_kw=p,
+                                     level=lv) for a, b, m, p, lv in steps))
+
+
+def spread(plan: Plan) -> list[tuple[int, int, Mode, float | None, int | None]]:
+    return [(round((s.start - T0) / M), round((s.end - T0) / M), s.mode, s.power_kw, s.level)
+            for s in plan.steps]
+
+
+def test_a_cap_caps_the_plan_beneath_it_rather_than_lifting_it() -> None:
+    # A tank's price plan allows heat until minute 20 and holds it off at the peak after; a 50 %
+    # cap over minutes 10-40 must not let it heat in the peak.
+    cap = plans(capacity(0.5, 0.5, 0.5, resources=("tanks",)),
+                {"tank-1": view(TANK, current=3.0, down=3.0)}).plans[0].plan
+    price = steps_of(TANK, (0, 20, Mode.LIMIT, None, 100), (20, 60, Mode.LIMIT, None, 0))
+    capped = cap_over(cap, price, TANK)
+    assert spread(capped) == [(0, 20, Mode.LIMIT, None, 50), (20, 30, Mode.LIMIT, None, 0)]
+    assert (capped.plan_id, capped.sequence, capped.event_id) == (
+        cap.plan_id, cap.sequence, cap.event_id)
+    assert validate(capped, TANK) == []
+
+
+def test_a_cap_over_charging_and_holding_keeps_the_lower_import() -> None:
+    cap = dataclasses.replace(
+        plans(capacity(0.5, 0.5, 0.5, resources=("tanks",)),
+              {"tank-1": view(TANK, current=3.0, down=3.0)}).plans[0].plan, device_id="ev-1")
+    ev = steps_of(EV, (0, 10, Mode.CHARGE, 7.0, None), (10, 20, Mode.HOLD, None, None),
+                  (20, 25, Mode.CHARGE, 2.0, None))
+    assert spread(cap_over(cap, ev, EV)) == [
+        (0, 10, Mode.CHARGE, 3.5, None), (10, 20, Mode.HOLD, None, None),
+        (20, 25, Mode.CHARGE, 2.0, None), (25, 30, Mode.LIMIT, None, 50)]
+    # A storage site's meter shows its household: holding or discharging under a cap is the
+    # cap's peak shaving.
+    site = dataclasses.replace(cap, device_id="bat-1")
+    held = steps_of(STORE, (0, 30, Mode.HOLD, None, None))
+    assert spread(cap_over(site, held, STORE)) == [(0, 30, Mode.LIMIT, None, 50)]
+
+
+def test_a_plan_made_under_a_cap_keeps_under_it_and_a_withdrawn_plan_resumes_the_one_beneath(
+        ) -> None:
+    cap = dataclasses.replace(
+        plans(capacity(0.5, 0.5, 0.5, resources=("tanks",)),
+              {"tank-1": view(TANK, current=3.0, down=3.0)}).plans[0].plan, device_id="ev-1")
+    price = steps_of(EV, (0, 20, Mode.CHARGE, 7.0, None), (20, 60, Mode.HOLD, None, None))
+    kept = under_cap(price, cap, EV)
+    assert spread(kept) == [(0, 20, Mode.CHARGE, 3.5, None), (20, 60, Mode.HOLD, None, None)]
+    assert (kept.plan_id, kept.event_id) == (price.plan_id, price.event_id)
+    late = steps_of(EV, (20, 40, Mode.CHARGE, 7.0, None))
+    assert spread(under_cap(late, cap, EV)) == [(20, 30, Mode.CHARGE, 3.5, None),
+                                                (30, 40, Mode.CHARGE, 7.0, None)]
+    # Withdrawn at minute 5 with its plan running to 50: the price plan until it ends at 60
+    # where it runs, the day job (no limit) before it starts.
+    assert spread(dataclasses.replace(price, steps=resumed(EV, price, T0 + 5 * M,
+                                                           T0 + 50 * M))) == [
+        (5, 20, Mode.CHARGE, 7.0, None), (20, 50, Mode.HOLD, None, None)]
+    assert spread(dataclasses.replace(late, steps=resumed(EV, late, T0, T0 + 30 * M))) == [
+        (0, 20, Mode.LIMIT, None, 100), (20, 30, Mode.CHARGE, 7.0, None)]
+    assert spread(dataclasses.replace(late, steps=resumed(EV, None, T0, T0 + 30 * M))) == [
+        (0, 30, Mode.LIMIT, None, 100)]
