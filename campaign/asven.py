@@ -1,7 +1,8 @@
 """The VTN role: the harness plays the VEN against a VTN under test.
 
 `async with Harness(target) as h:` opens the session (one HTTP client, the push listener when
-`target.push_listen` is set); `h.context(case)` gives each case a fresh VEN (`VenContext`), and
+`target.push_listen` is set: https with `target.push_ssl`, reached at `target.push_base`);
+`h.context(case)` gives each case a fresh VEN (`VenContext`), and
 `campaign.runner.run_cases(CASES, h.context, available=h.available())` runs them. The wire is in
 `asven_wire`, the cases in `asven_cases`, the TLS probes in `asven_tls`, the rules across
 messages in `vtn_rules`.
@@ -36,7 +37,7 @@ class Harness:
     async def __aenter__(self) -> Self:
         self._session = aiohttp.ClientSession()
         if self.target.push_listen is not None:
-            listener = PushListener(*self.target.push_listen)
+            listener = PushListener(self.target)
             try:
                 await listener.start()
             except BaseException:

@@ -21,7 +21,9 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from ssl import SSLContext  # the field `ssl` hides the module in the dataclass
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -64,6 +66,7 @@ HTTP_TIMEOUT_S = 10.0  # one request to the VTN, connect to answer
 DEFAULT_POLL = timedelta(seconds=10)
 MIN_POLL = timedelta(seconds=1)
 MAX_POLLS = 200  # per `receive`: bounds a VTN that asks for a tiny poll frequency
+EVERY_INTERFACE = frozenset({"0.0.0.0", "::", ""})  # bindable, but no address to push to
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,7 +76,37 @@ class VtnTarget:
     signing_key: signing.SigningKey | None = None  # sign what the harness sends
     hook: EventHook | None = None  # None -> cases needing "hook" are NOT_RUN
     push_listen: tuple[str, int] | None = None  # where the harness VEN listens for push cases
+    # the listener's server context: a push VEN serves mutual TLS, the VTN being the client
+    push_ssl: SSLContext | None = None
+    push_url: str | None = None  # the listener's base URL for the VTN; None: from push_listen
     ven_name: str = "adrgate-campaign"
+
+    def __post_init__(self) -> None:
+        if self.push_listen is None:
+            if self.push_ssl is not None or self.push_url is not None:
+                raise ValueError("push_ssl and push_url need push_listen")
+            return
+        if self.push_url is not None:
+            url = urlsplit(self.push_url)
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise ValueError(f"push URL {self.push_url!r} is not an http:// or https:// URL")
+            if self.push_ssl is not None and url.scheme != "https":
+                raise ValueError(f"push URL {self.push_url!r} must be https:// (the push "
+                                 "listener serves TLS)")
+        elif self.push_listen[0] in EVERY_INTERFACE:
+            raise ValueError(f"the push listener binds every interface ({self.push_listen[0]}),"
+                             " which is no address a VTN can push to: give push_url (--push-url "
+                             "BASE), the base URL at which the VTN under test reaches it")
+
+    def push_base(self, port: int) -> str:
+        """The base URL the VTN pushes to: `push_url`, or the listening host at `port` (the
+        bound one, should push_listen ask for any free port)."""
+        if self.push_url is not None:
+            return self.push_url.rstrip("/")
+        assert self.push_listen is not None, "a push base needs a push listener"
+        host = self.push_listen[0]
+        bracketed = f"[{host}]" if ":" in host else host
+        return f"{'https' if self.push_ssl is not None else 'http'}://{bracketed}:{port}"
 
 
 _ids = itertools.count(1)
@@ -84,24 +117,30 @@ def new_id(prefix: str = "req") -> str:
 
 
 class PushListener:
-    """One HTTP listener for the session; a push VEN's transport address is
-    `http://host:port/campaign/{token}` and the VTN POSTs to `{address}/{service}`."""
+    """One listener for the session (https with the target's `push_ssl`); a push VEN's transport
+    address is `{push base}/campaign/{token}` and the VTN POSTs to `{address}/{service}`."""
 
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
+    def __init__(self, target: VtnTarget) -> None:
+        assert target.push_listen is not None, "a push listener needs push_listen"
+        self.target = target
+        self.host, self.port = target.push_listen
         self.routes: dict[str, VenContext] = {}
         self._runner: web.AppRunner | None = None
 
     def address(self, token: str) -> str:
-        return f"http://{self.host}:{self.port}/campaign/{token}"
+        return f"{self.target.push_base(self.port)}/campaign/{token}"
 
     async def start(self) -> None:
         app = web.Application(client_max_size=1 << 20)
         app.router.add_post("/campaign/{token}/{service}", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.target.push_ssl)
+        try:
+            await site.start()
+        except BaseException:  # e.g. the address is taken: release what setup took
+            await self._runner.cleanup()
+            raise
         if self.port == 0:  # an ephemeral port: learn which
             self.port = self._runner.addresses[0][1]
 

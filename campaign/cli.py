@@ -19,6 +19,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from ssl import SSLContext  # the field `ssl` hides the module in the dataclass
 from types import TracebackType
 from typing import Any, Protocol, Self
 
@@ -83,6 +84,8 @@ class Options:
     hook: str = ""  # role vtn: hooks.hook_from_spec's spec
     prompt: bool = False  # role ven
     push_listen: tuple[str, int] | None = None  # role vtn
+    push_ssl: SSLContext | None = None  # role vtn with TLS: the push listener's context
+    push_url: str = ""  # role vtn: the push listener's base URL for the VTN ("" derived)
 
     @property
     def peer(self) -> str:
@@ -109,7 +112,7 @@ def _vtn_under_test() -> Suite:
         return Harness(VtnTarget(
             url=o.target, ssl=o.ssl, signing_key=o.signing_key,
             hook=hook_from_spec(o.hook, ssl_context=o.ssl) if o.hook else None,
-            push_listen=o.push_listen))
+            push_listen=o.push_listen, push_ssl=o.push_ssl, push_url=o.push_url or None))
     return Suite(CASES, harness)
 
 
@@ -218,8 +221,14 @@ def register(sub: Any) -> None:
                      help="role ven: ask the operator on this terminal to make the VEN under "
                           "test act (press Enter when done)")
     act.add_argument("--push-listen", type=_address, metavar="HOST:PORT",
-                     help="role vtn, push cases: where our VEN listens for the VTN's pushes "
-                          "(must be reachable from the VTN under test)")
+                     help="role vtn, push cases: where our VEN listens for the VTN's pushes; "
+                          "https with mutual TLS when --cert, --key and --ca are given (the "
+                          "listener serves --cert)")
+    act.add_argument("--push-url", metavar="BASE",
+                     help="role vtn: the base URL at which the VTN under test reaches "
+                          "--push-listen (e.g. https://ven.example:8443); default "
+                          "http(s)://HOST:PORT of --push-listen, which must then name a host, "
+                          "not 0.0.0.0 or ::")
     out = r.add_argument_group("run and output")
     out.add_argument("--timeout", type=_seconds, default=60.0, metavar="S",
                      help="seconds one case may take before it is an ERROR (default 60)")
@@ -290,7 +299,8 @@ def _options(args: argparse.Namespace) -> Options:
     role: Role = args.role
     misplaced = [name for name, value, owner in (
         ("--target", args.target, Role.VTN), ("--hook", args.hook, Role.VTN),
-        ("--push-listen", args.push_listen, Role.VTN), ("--listen", args.listen, Role.VEN),
+        ("--push-listen", args.push_listen, Role.VTN), ("--push-url", args.push_url, Role.VTN),
+        ("--listen", args.listen, Role.VEN),
         ("--prompt", args.prompt, Role.VEN)) if value and owner is not role]
     if misplaced:
         raise UsageError(f"{', '.join(misplaced)} does not apply to --role {role.value}")
@@ -305,26 +315,35 @@ def _options(args: argparse.Namespace) -> Options:
         if args.transport in ("push", "both") and args.push_listen is None:
             raise UsageError("push cases need --push-listen HOST:PORT (where the VTN under "
                              "test pushes to us)")
+        if args.push_url and args.push_listen is None:
+            raise UsageError("--push-url needs --push-listen HOST:PORT (the listener it leads to)")
     elif args.listen is None:
         raise UsageError("--role ven needs --listen HOST:PORT (where the VEN under test "
                          "will find our VTN)")
+    ours, push = _tls(args, role)
     return Options(role=role, target=args.target or "", listen=args.listen,
-                   ssl=_tls(args, role), signing_key=_signing_key(args), hook=args.hook or "",
-                   prompt=args.prompt, push_listen=args.push_listen)
+                   ssl=ours, signing_key=_signing_key(args), hook=args.hook or "",
+                   prompt=args.prompt, push_listen=args.push_listen, push_ssl=push,
+                   push_url=args.push_url or "")
 
 
-def _tls(args: argparse.Namespace, role: Role) -> ssl.SSLContext | None:
+def _tls(args: argparse.Namespace, role: Role
+         ) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
+    """Our context toward the peer and, for role vtn with --push-listen, the push listener's:
+    a push VEN serves the VTN with the same certificate it registered with (the VTN may pin it)."""
     files = {"--cert": args.cert, "--key": args.key, "--ca": args.ca}
     if not any(files.values()):
-        return None
+        return None, None
     if not all(files.values()):
         raise UsageError(f"--cert, --key and --ca go together: missing "
                          f"{', '.join(k for k, v in files.items() if not v)}")
     for option, path in files.items():
         _read(option, path)
     try:
-        return tls.client_context(args.cert, args.key, args.ca) if role is Role.VTN \
-            else tls.server_context(args.cert, args.key, args.ca)
+        if role is Role.VEN:
+            return tls.server_context(args.cert, args.key, args.ca), None
+        return tls.client_context(args.cert, args.key, args.ca), \
+            tls.server_context(args.cert, args.key, args.ca) if args.push_listen else None
     except (ssl.SSLError, OSError) as exc:
         raise UsageError(f"TLS material --cert {args.cert} --key {args.key} --ca {args.ca} "
                          f"is not usable: {exc}") from None

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from adrgate import cli
 from adrgate.services import free_port
+from adrgate.tls import server_context
 from campaign import cli as campaign_cli
 from campaign.context import Context
 from campaign.model import Case, Family, Role, Transport
@@ -26,6 +27,7 @@ from oadr.signing import fingerprint
 from tests.certs import write_pki
 from tests.venkit import running_fleet, ven_spec
 from tests.vtnkit import running_vtn
+from vtn.push import PushConfig, PushTls
 
 TARGET = "http://127.0.0.1:9"
 
@@ -110,7 +112,7 @@ def test_help_explains_every_option_with_examples(capsys: pytest.CaptureFixture[
     out = capsys.readouterr().out
     for option in ("--role", "--target", "--listen", "--family", "--case", "--transport",
                    "--cert", "--key", "--ca", "--sign-key", "--hook", "--prompt",
-                   "--push-listen", "--timeout", "--junit", "--html"):
+                   "--push-listen", "--push-url", "--timeout", "--junit", "--html"):
         assert option in out
     examples = out.split("examples:")[1]
     assert examples.count("adrgate campaign run") == 2
@@ -188,6 +190,17 @@ def test_options_reach_the_harness(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     assert options.signing_key is not None
     assert options.signing_key.fingerprint == fingerprint(pki.ven_ecc.cert_pem)
     assert (options.hook, options.push_listen) == ("prompt", ("127.0.0.1", 8999))
+    # the push listener serves mutual TLS with the same material: a server context
+    assert options.push_ssl is not None and options.push_ssl is not options.ssl
+    assert options.push_ssl.protocol is ssl.PROTOCOL_TLS_SERVER
+    assert options.push_ssl.verify_mode is ssl.CERT_REQUIRED and options.push_url == ""
+    assert run("--role", "vtn", "--target", "https://127.0.0.1:9", "--cert", str(pki.ven_rsa.cert),
+               "--key", str(pki.ven_rsa.key), "--ca", str(pki.ca), "--push-listen",
+               "0.0.0.0:8999", "--push-url", "https://ven.example:8999") == 0
+    assert FakeHarness.built[-1].push_url == "https://ven.example:8999"
+    assert run("--role", "vtn", "--target", "https://127.0.0.1:9", "--cert", str(pki.ven_rsa.cert),
+               "--key", str(pki.ven_rsa.key), "--ca", str(pki.ca)) == 0
+    assert FakeHarness.built[-1].push_ssl is None  # no listener, no listener context
     install(monkeypatch, *SUITE, role=Role.VEN)
     assert run("--role", "ven", "--listen", "127.0.0.1:8998", "--cert", str(pki.vtn_ecc.cert),
                "--key", str(pki.vtn_ecc.key), "--ca", str(pki.ca), "--prompt") == 0
@@ -237,6 +250,10 @@ def test_an_interrupted_campaign_reports_what_ran(monkeypatch: pytest.MonkeyPatc
     (["--role", "ven", "--listen", "127.0.0.1:1", "--hook", "prompt"],
      "--hook does not apply to --role ven"),
     (["--role", "vtn", "--target", TARGET, "--transport", "push"], "need --push-listen"),
+    (["--role", "vtn", "--target", TARGET, "--push-url", "http://ven.example:1"],
+     "--push-url needs --push-listen"),
+    (["--role", "ven", "--listen", "127.0.0.1:1", "--push-url", "http://ven.example:1"],
+     "--push-url does not apply to --role ven"),
     (["--role", "vtn", "--target", "https://127.0.0.1:9", "--cert", "x.crt"],
      "missing --key, --ca"),
     (["--role", "vtn", "--target", "https://127.0.0.1:9", "--cert", "/nonexistent/x.crt",
@@ -300,6 +317,31 @@ def test_a_harness_that_cannot_start_or_a_bad_hook_exits_2(monkeypatch: pytest.M
     assert "bad hook 'nonsense'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--push-listen", "0.0.0.0:8999"], ("binds every interface (0.0.0.0), which is no "
+                                         "address a VTN can push to: give push_url (--push-url "
+                                         "BASE)")),
+    (["--push-listen", "[::]:8999"], "binds every interface (::)"),
+    (["--push-listen", "0.0.0.0:8999", "--push-url", "ven.example:8999"],
+     "is not an http:// or https:// URL"),
+    # the TLS listener and the push URL both reach the harness: a plain URL for it is refused
+    (["--push-listen", "0.0.0.0:8999", "--push-url", "http://ven.example:8999", "--tls"],
+     "must be https://"),
+])
+def test_a_push_address_the_vtn_cannot_reach_is_a_usage_error(
+        extra: list[str], message: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Checked by the real VTN-role harness (no fake in SUITES); nothing starts or runs."""
+    if "--tls" in extra:
+        pki = write_pki(tmp_path)
+        extra = extra[:-1] + ["--cert", str(pki.ven_rsa.cert), "--key", str(pki.ven_rsa.key),
+                              "--ca", str(pki.ca)]
+    assert run("--role", "vtn", "--target", "https://127.0.0.1:9", "--case", "E0_0010",
+               *extra) == 2
+    err = capsys.readouterr().err
+    assert message in err and "E0_0010" not in err
+
+
 def test_list_prints_the_case_table(monkeypatch: pytest.MonkeyPatch,
                                     capsys: pytest.CaptureFixture[str]) -> None:
     install(monkeypatch, *SUITE)
@@ -335,6 +377,31 @@ async def test_our_vtn_through_the_command_line(tmp_path: Path,
     assert code == 0, out
     cases = ET.parse(junit).getroot().iter("testcase")
     assert {(c.get("name"), len(list(c))) for c in cases} == {(i, 1) for i in picked}  # system-out
+
+
+async def test_our_tls_vtn_pushes_through_the_command_line(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]
+                                                          ) -> None:
+    """--cert/--key/--ca with --push-listen: the listener serves mutual TLS with --cert, which
+    the VTN pins (the certificate the VEN registered with) and reaches at an https address."""
+    pki = write_pki(tmp_path)
+    junit = tmp_path / "push.xml"
+    picked = ["N0_0020", "E0_0010"]
+    push = PushConfig(tls=PushTls(cert=pki.vtn_rsa.cert, key=pki.vtn_rsa.key, ca=pki.ca))
+    async with running_vtn(ssl_context=server_context(pki.vtn_rsa.cert, pki.vtn_rsa.key, pki.ca),
+                           poll_freq=timedelta(seconds=1), push=push) as vtn:
+        code = await _cli("--role", "vtn", "--target", vtn.oadr_url, "--case", ",".join(picked),
+                          "--cert", str(pki.ven_rsa.cert), "--key", str(pki.ven_rsa.key),
+                          "--ca", str(pki.ca), "--push-listen", f"127.0.0.1:{free_port()}",
+                          "--hook", f"api:{vtn.url}/api", "--timeout", "30",
+                          "--junit", str(junit))
+    out = capsys.readouterr().out
+    assert code == 0, out
+    outputs = {c.get("name"): c.findtext("system-out") or ""
+               for c in ET.parse(junit).getroot().iter("testcase")}
+    assert set(outputs) == set(picked)
+    assert "https://127.0.0.1:" in outputs["N0_0020"]  # the transport address it registered
+    assert "push/EiEvent" in outputs["E0_0010"]  # the event came through the TLS listener
 
 
 async def test_a_broken_vtn_fails_through_the_command_line(

@@ -1,8 +1,9 @@
 """The VTN-role campaign (`campaign.asven`): the harness plays the VEN against a VTN under test.
 
-- Our VTN passes the whole suite, pull and push over HTTP (operator API as the hook), and the
+- Our VTN passes the whole suite, pull and push over HTTP (operator API as the hook), the
   pull suite over mutual TLS 1.2 with signed messages, where the G cases probe the two OpenADR
-  cipher suites and the refusal of TLS 1.0/1.1.
+  cipher suites and the refusal of TLS 1.0/1.1, and the push suite over mutual TLS, signed, the
+  VTN pushing to the harness's https listener.
 - openleadr 0.5.36's bare `OpenADRServer`, as shipped, with a hook calling its `add_event`:
   every failure is one of its known defects (domain.md section 9), or a defect this campaign
   found (named below), and each known defect shows up in the cases that exercise it.
@@ -12,7 +13,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import ssl
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -26,14 +29,16 @@ from openleadr import OpenADRServer, utils  # type: ignore[import-untyped]
 from adrgate.services import free_port
 from adrgate.tls import client_context, server_context
 from campaign.asven import CASES, Harness, VtnTarget
+from campaign.asven_wire import PushListener
 from campaign.hooks import ApiHook, EventRequest
-from campaign.model import Case, Family, Result, Transport, Verdict
+from campaign.model import Case, Direction, Family, Result, Transport, Verdict
 from campaign.runner import run_cases
-from oadr.messages import QueryRegistration
+from oadr import codec
+from oadr.messages import CreatePartyRegistration, QueryRegistration
 from oadr.signing import SigningKey
 from tests.certs import Pki, write_pki
 from tests.vtnkit import running_vtn
-from vtn.push import PushConfig
+from vtn.push import PushConfig, PushTls
 from vtn.records import ReportVia
 
 POLL = timedelta(seconds=1)
@@ -94,6 +99,39 @@ async def test_our_tls_vtn_passes_the_pull_suite_signed(pki: Pki) -> None:
         results = await run_suite(target, pull)
     assert all(r.verdict is Verdict.PASS for r in results.values()), explain(results)
     assert {c.case_id for c in pull if "tls" in c.needs} <= set(results)
+
+
+async def test_our_tls_vtn_passes_the_push_suite_over_mutual_tls(pki: Pki) -> None:
+    """A push VEN serves https with mutual TLS: the VTN, as the TLS client, presents its
+    certificate and pins the one the VEN registered with, which the harness's listener serves."""
+    tls = server_context(pki.vtn_rsa.cert, pki.vtn_rsa.key, pki.ca,
+                         extra_chains=[(pki.vtn_ecc.cert, pki.vtn_ecc.key)])
+    push = dataclasses.replace(PUSH, tls=PushTls(cert=pki.vtn_rsa.cert, key=pki.vtn_rsa.key,
+                                                 ca=pki.ca))
+    vtn_key = SigningKey.load(pki.vtn_ecc.cert_pem, pki.vtn_ecc.key_pem)
+    async with running_vtn(ssl_context=tls, signing_key=vtn_key, require_signatures=True,
+                           secure=True, poll_freq=POLL, report_via=ReportVia.CREATE,
+                           push=push) as vtn:
+        client = client_context(pki.ven_ecc.cert, pki.ven_ecc.key, pki.ca)
+        target = VtnTarget(url=vtn.oadr_url, ssl=client,
+                           signing_key=SigningKey.load(pki.ven_ecc.cert_pem, pki.ven_ecc.key_pem),
+                           hook=ApiHook(vtn.url + "/api", ssl_context=client),
+                           push_listen=("127.0.0.1", free_port()),
+                           push_ssl=server_context(pki.ven_ecc.cert, pki.ven_ecc.key, pki.ca))
+        pushed = [c for c in CASES if c.transport is Transport.PUSH]
+        results = await run_suite(target, pushed)
+    assert set(results) == {c.case_id for c in pushed}
+    assert all(r.verdict is Verdict.PASS for r in results.values()), explain(results)
+    # registered with an https transport address, and pushed to through it (the listener
+    # speaks nothing but TLS)
+    sent = [codec.parse(x.body).message for r in results.values() for x in r.transcript
+            if x.direction is Direction.SENT and x.endpoint == "EiRegisterParty"]
+    addresses = [m.transport_address for m in sent
+                 if isinstance(m, CreatePartyRegistration) and m.transport_address]
+    assert addresses and all(a.startswith("https://127.0.0.1:") for a in addresses), addresses
+    for r in results.values():
+        if r.case.family in (Family.E, Family.R):
+            assert any(x.endpoint.startswith("push/") for x in r.transcript), r.case.case_id
 
 
 # --- openleadr's VTN ----------------------------------------------------------------------
@@ -313,6 +351,36 @@ async def test_push_listener_refuses_strangers_and_garbage() -> None:
                 assert resp.status == 400
             assert "vtn.parse" in {f.rule for f in ctx.failures}
             assert await ctx.send(QueryRegistration(request_id="still-there")) is not None
+
+
+def test_push_addresses() -> None:
+    """The transport address a VTN pushes to: derived from the listening address (https with a
+    server context), or the push URL as given; an address no VTN can reach is refused."""
+    url = "http://127.0.0.1:8080/OpenADR2/Simple/2.0b"
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+
+    def address(**kw: Any) -> str:
+        listener = PushListener(VtnTarget(url=url, **kw))
+        listener.port = 9443  # what an ephemeral port (0) turned out to be once bound
+        return listener.address("tok")
+
+    assert address(push_listen=("127.0.0.1", 0)) == "http://127.0.0.1:9443/campaign/tok"
+    assert address(push_listen=("ven.example", 0), push_ssl=server) == \
+        "https://ven.example:9443/campaign/tok"
+    assert address(push_listen=("::1", 0)) == "http://[::1]:9443/campaign/tok"
+    assert address(push_listen=("0.0.0.0", 9000), push_ssl=server,
+                   push_url="https://ven.example:8443/lab/") == \
+        "https://ven.example:8443/lab/campaign/tok"
+    for bad, message in (
+            ({"push_listen": ("0.0.0.0", 9000)}, "binds every interface"),
+            ({"push_listen": ("::", 9000)}, "binds every interface"),
+            ({"push_url": "https://ven.example"}, "need push_listen"),
+            ({"push_ssl": server}, "need push_listen"),
+            ({"push_listen": ("::", 9000), "push_url": "ven.example:9000"}, "not an http"),
+            ({"push_listen": ("::", 9000), "push_url": "http://ven.example", "push_ssl": server},
+             "must be https://")):
+        with pytest.raises(ValueError, match=message):
+            VtnTarget(url=url, **bad)
 
 
 def test_every_case_is_described_and_unique() -> None:
