@@ -8,7 +8,9 @@ plan at once, or step by step at the steps' start times for devices that take no
 plan. A signal that is gone (the event cancelled or ended) releases its devices: each gets a plan
 back to its day job. Planned signals are stored, so a restart neither plans them again nor
 forgets to release them; a LOAD_DISPATCH window's allocation is not stored, so after a restart
-it is no longer re-dispatched.
+it is no longer re-dispatched. A cap combined with a device's plan from another event, and a
+device handed back to that plan when the cap is withdrawn, read the plans sent from the store,
+so they too hold across a restart.
 
 With a CMB (`reviewer`), every plan is also submitted to it: routine plans are dispatched only
 once accepted (a rejection is stored with the CMB's findings; a CMB that cannot be reached holds
@@ -37,7 +39,7 @@ from policies.dispatch import Allocation, redispatch
 from policies.ladder import plan_for_signal
 from policies.plans import (
     OPEN_END, PRICE_STEP, DeviceView, Forecast, Planned, cap_over, dispatch_plan,
-    dispatch_step, interval_target, plans_for_signal, resumed, under_cap)
+    dispatch_step, interval_target, plans_for_signal, resumed, under_cap, within_caps)
 from policies.price_plan import needs_replan
 from ven.fleet import FleetSpec
 from ven.records import GridSignal, SignalInterval
@@ -280,8 +282,10 @@ class Bridge:
         views = self._views(devices, now)
         # Sequence numbers are only taken by devices that get a plan.
         peek = {d.device_id: self._sequences.get(d.device_id, 0) + 1 for d in devices}
+        caps = {d.device_id: self._caps(ven, d, signal.event_id) for d in devices} \
+            if signal.signal_name.upper() == "LOAD_DISPATCH" else None  # only shares use them
         result = plans_for_signal(signal, views, sequences=peek, issuer=ven, now=now,
-                                  rng=self._rng, forecast=self.forecast)
+                                  rng=self._rng, forecast=self.forecast, caps=caps)
         for planned in result.plans:
             self._sequences[planned.plan.device_id] = planned.plan.sequence
         for device_id, why in result.skipped:
@@ -297,46 +301,69 @@ class Bridge:
                 fleet_kw=sum(v.state.current_kw for v in views.values()),
                 allocations=list(result.allocations))
         self._watch_forecasts(ven, key, result.plans)
-        return await self._send(self._capping(ven, signal, result.plans), now,
+        return await self._send(self._capping(ven, signal, result.plans, views), now,
                                 signal.program)
 
-    def _capping(self, ven: str, signal: GridSignal, planned: Sequence[Planned]
-                 ) -> list[Planned]:
+    def _capping(self, ven: str, signal: GridSignal, planned: Sequence[Planned],
+                 views: Mapping[str, DeviceView]) -> list[Planned]:
         """Plans that keep caps capping: a device runs only the newest plan it was sent, so a
         cap's plan carries the lower of it and what the device already follows from other
-        events (`cap_over`), and a price plan made while a cap is in force keeps under the cap
-        (`under_cap`)."""
+        events (`cap_over`), and a price plan or a dispatch made while a cap is in force keeps
+        under the cap (`under_cap`). A dispatch sizes a site's battery at its meter: `views`
+        give the import behind it now."""
         name = signal.signal_name.upper()
         if name in CAP_SIGNALS:
             out = []
             for p in planned:
-                beneath = self._beneath(p.plan.device_id, signal.event_id, p.plan.start,
+                device_id = p.plan.device_id
+                beneath = self._beneath(ven, device_id, signal.event_id, p.plan.start,
                                         p.plan.end)
-                out.append(p if beneath is None else replace(p, plan=cap_over(
-                    p.plan, beneath, self._by_id[p.plan.device_id])))
+                if beneath is not None:
+                    dispatched = self._dispatches(ven, beneath.event_id)
+                    p = replace(p, plan=cap_over(
+                        p.plan, beneath, self._by_id[device_id],
+                        uncontrolled_kw=views[device_id].uncontrolled_kw if dispatched else None))
+                out.append(p)
             return out
-        if name != "ELECTRICITY_PRICE":
+        if name not in ("ELECTRICITY_PRICE", "LOAD_DISPATCH"):
             return list(planned)
-        caps = [s for s in self._vens[ven].signals.values()
-                if s.signal_name.upper() in CAP_SIGNALS and s.event_id != signal.event_id]
         out = []
         for p in planned:
             device, plan = self._by_id[p.plan.device_id], p.plan
-            for c in caps:  # the cap's own steps (as sent, they carry the older price plan's)
-                cap = plan_for_signal(c, device, sequence=plan.sequence, issuer=ven,
-                                      rng=random.Random(0))
-                if cap is not None:
-                    plan = under_cap(plan, cap, device)
+            uncontrolled = views[device.device_id].uncontrolled_kw \
+                if name == "LOAD_DISPATCH" else None
+            for cap in self._caps(ven, device, signal.event_id):
+                plan = under_cap(plan, cap, device, uncontrolled_kw=uncontrolled)
             out.append(replace(p, plan=plan))
         return out
 
-    def _beneath(self, device_id: str, event_id: str, start: datetime, end: datetime
+    def _caps(self, ven: str, device: Device, event_id: str) -> list[Plan]:
+        """The caps other planned events put on the device: their own steps (as sent, they
+        carry the plan beneath them too)."""
+        caps = (plan_for_signal(s, device, sequence=0, issuer=ven, rng=random.Random(0))
+                for s in self._vens[ven].signals.values()
+                if s.signal_name.upper() in CAP_SIGNALS and s.event_id != event_id)
+        return [c for c in caps if c is not None]
+
+    def _dispatches(self, ven: str, event_id: str | None) -> bool:
+        """Whether the event's plans are a LOAD_DISPATCH's (their batteries sized at the meter)."""
+        return any(s.event_id == event_id and s.signal_name.upper() == "LOAD_DISPATCH"
+                   for s in self._vens[ven].signals.values())
+
+    def _beneath(self, ven: str, device_id: str, event_id: str, start: datetime, end: datetime
                  ) -> Plan | None:
-        """The newest plan sent to the device for another event that overlaps [start, end)."""
-        overlapping = [t.plans[device_id] for e, t in self._events.items()
-                       if e != event_id and device_id in t.plans
-                       and t.plans[device_id].start < end and start < t.plans[device_id].end]
-        return max(overlapping, key=lambda b: b.sequence, default=None)
+        """The plan the device follows from another event still planned over [start, end): of
+        each such event the newest plan sent, of those the newest. Read from the store, so a
+        restart forgets none; plans of released events (and those that handed their devices
+        back) follow nothing. Only plans still in force at `start` are read."""
+        planned = {key[0] for key in self._vens[ven].signals} - {event_id}
+        newest: dict[str, Plan] = {}
+        for r in self.store.plans(device_id=device_id, status=PlanStatus.DISPATCHED,
+                                  ending_after=start):  # by sequence: the newest comes last
+            if r.plan.event_id is not None and r.plan.event_id in planned:
+                newest[r.plan.event_id] = r.plan
+        overlapping = [p for p in newest.values() if p.start < end]
+        return max(overlapping, key=lambda p: p.sequence, default=None)
 
     def _watch_forecasts(self, ven: str, key: SignalKey, planned: Sequence[Planned],
                          replanned: datetime | None = None) -> None:
@@ -382,8 +409,8 @@ class Bridge:
             log.info("re-plan of %s: import outside the plan %.2f kW, forecast %.2f kW",
                      device_id, view.uncontrolled_kw, forecast_kw)
             self._watch_forecasts(priced.ven, priced.key, result.plans, replanned=now)
-            records += await self._send(self._capping(priced.ven, signal, result.plans), now,
-                                        signal.program)
+            records += await self._send(self._capping(priced.ven, signal, result.plans, views),
+                                        now, signal.program)
         return records
 
     async def _send(self, planned: Sequence[Planned], now: datetime,
@@ -526,7 +553,8 @@ class Bridge:
             Planned(plan=dispatch_plan(
                 self._by_id[device_id],
                 resumed(self._by_id[device_id],
-                        self._beneath(device_id, signal.event_id, now, plan.end), now, plan.end),
+                        self._beneath(ven, device_id, signal.event_id, now, plan.end), now,
+                        plan.end),
                 signal=signal, sequence=self.next_sequence(device_id), issuer=ven,
                 rng=self._rng))
             for device_id, plan in old.items() if plan.end > now]
@@ -544,13 +572,16 @@ class Bridge:
             self._windows.pop(key, None)
             return []
         views = self._views(window.devices, now)
-        states = [v.state for v in views.values()]
+        caps = {d.device_id: self._caps(window.ven, d, key[0]) for d in window.devices}
         changed: set[str] = set()
         for i, interval in live:
             previous = window.allocations[i][1]
             target = interval_target(window.signal, interval.value, window.fleet_kw)
             if target * previous.target_kw < 0:
                 continue
+            states = [within_caps(v.state, caps[d], interval.start,
+                                  interval.end or interval.start + OPEN_END)
+                      for d, v in views.items()]
             # Before its interval a device still does its day job: only its availability counts.
             again = redispatch(previous, states, target, deviation_margin=self.deviation_margin,
                                in_force=interval.start <= now)
@@ -577,5 +608,6 @@ class Bridge:
         state = self._vens[window.ven]
         state.devices[key] = tuple(sorted(set(state.devices.get(key, ())) | set(changed)))
         self.store.save_signal(window.ven, window.signal, state.devices[key])
-        return await self._send(planned, now, window.signal.program)
+        return await self._send(self._capping(window.ven, window.signal, planned, views), now,
+                                window.signal.program)
 

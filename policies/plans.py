@@ -10,11 +10,13 @@ no clock (`now` is given), randomness only from the `random.Random` passed in.
 | ELECTRICITY_PRICE price                 | battery+PV, EV, hot-water plans (price_plan)  |
 
 A cap (a LIMIT plan from the ladder) over a device that already follows a plan from another event
-(its price plan) caps that plan rather than replacing it (`cap_over`), a price plan made while a
-cap is in force keeps under it (`under_cap`), and withdrawing either hands the device back to
-the other (`resumed`): a device runs only the newest plan it was sent where two overlap (IEEE
-2030.5 at equal primacy, OCPP at equal stack level and SAPC all replace), so the bridge, which
-knows both, combines them before sending.
+(its price plan, a dispatch) caps that plan rather than replacing it (`cap_over`), a price plan or
+a dispatch made while a cap is in force keeps under it (`under_cap`), and withdrawing either hands
+the device back to the other (`resumed`): a device runs only the newest plan it was sent where two
+overlap (IEEE 2030.5 at equal primacy, OCPP at equal stack level and SAPC all replace), so the
+bridge, which knows both, combines them before sending. A cap is the network's constraint: a
+dispatch (a grid service) keeps under it too, a shed keeping the lower import and a turn-up cut to
+the cap.
 
 LOAD_DISPATCH: each interval's target is shared across the available devices of the signal's
 resources (`allocate`); a device's step follows its share: a device that can export is told to
@@ -76,9 +78,12 @@ class SignalPlans:
 
 def plans_for_signal(signal: GridSignal, views: Mapping[str, DeviceView], *,
                      sequences: Mapping[str, int], issuer: str, now: datetime,
-                     rng: random.Random, forecast: Forecast) -> SignalPlans:
+                     rng: random.Random, forecast: Forecast,
+                     caps: Mapping[str, Sequence[Plan]] | None = None) -> SignalPlans:
     """Plans for the devices of `views` that `signal` reaches; `sequences` gives each device's
-    next sequence number. Test events and signals no policy answers give no plans."""
+    next sequence number. Test events and signals no policy answers give no plans. A
+    LOAD_DISPATCH shares no turn-up beyond the `caps` of other events on a device
+    (`within_caps`)."""
     devices = [v.state.device for v in views.values()
                if v.state.device.resource_id in signal.resources]
     if signal.test_event or not devices:
@@ -86,7 +91,7 @@ def plans_for_signal(signal: GridSignal, views: Mapping[str, DeviceView], *,
     name = signal.signal_name.upper()
     if name == "LOAD_DISPATCH" and signal.signal_type in ("setpoint", "delta"):
         return _dispatch(signal, [views[d.device_id] for d in devices], sequences=sequences,
-                         issuer=issuer, rng=rng)
+                         issuer=issuer, rng=rng, caps=caps or {})
     planned: list[Planned] = []
     skipped: list[tuple[str, str]] = []
     for device in devices:
@@ -104,26 +109,48 @@ def plans_for_signal(signal: GridSignal, views: Mapping[str, DeviceView], *,
     return SignalPlans(plans=tuple(planned), skipped=tuple(skipped))
 
 
-def cap_over(cap: Plan, beneath: Plan, device: Device) -> Plan:
+def cap_over(cap: Plan, beneath: Plan, device: Device, *,
+             uncontrolled_kw: float | None = None) -> Plan:
     """`cap` (LIMIT steps) over the plan the device follows outside it: in each part of a cap
     step, the lower of the two. A LIMIT beneath keeps the lower level; a CHARGE beneath keeps
     charging, at no more than the cap's share of rated import; a HOLD or DISCHARGE of a device
     that cannot export draws nothing, under any cap, and stays. A storage site holding,
     balancing or discharging takes the cap: its meter shows its household, which neither a fixed
     discharge nor balancing (which may empty the battery before the window ends) keeps under the
-    cap, while peak shaving (LIMIT on a site) saves the battery for the import above it."""
+    cap, while peak shaving (LIMIT on a site) saves the battery for the import above it.
+
+    A dispatch beneath sizes a site's battery at the meter, given the import behind it that no
+    plan moves (`uncontrolled_kw`): its charge or discharge stays where the meter then imports
+    no more than the cap allows (a shed: the grid service asked it), and is sized to bring the
+    meter to the cap's import where it would import more (a turn-up)."""
     return dataclasses.replace(cap, steps=_merged(
-        _capped(c, under, device, start, end)
+        _capped(c, under, device, start, end, uncontrolled_kw)
         for c, under, start, end in _pieces(cap.steps, beneath.steps)))
 
 
-def under_cap(plan: Plan, cap: Plan, device: Device) -> Plan:
-    """`plan`, made while `cap` is in force, with the cap applied where they overlap (as
-    `cap_over`) and unchanged elsewhere."""
+def under_cap(plan: Plan, cap: Plan, device: Device, *,
+              uncontrolled_kw: float | None = None) -> Plan:
+    """`plan` (a price plan, or a dispatch sized on `uncontrolled_kw`), made while `cap` is in
+    force, with the cap applied where they overlap (as `cap_over`) and unchanged elsewhere."""
     return dataclasses.replace(plan, steps=_merged(
         dataclasses.replace(s, start=start, end=end) if c is None
-        else _capped(c, s, device, start, end)
+        else _capped(c, s, device, start, end, uncontrolled_kw)
         for s, c, start, end in _pieces(plan.steps, cap.steps)))
+
+
+def within_caps(state: DeviceState, caps: Sequence[Plan], start: datetime, end: datetime
+                ) -> DeviceState:
+    """`state`, for sharing a dispatch over [start, end) while `caps` are in force on the
+    device: it can turn up no further than the lowest cap's import there. A share beyond it
+    would be cut from its plan (`under_cap`), then read as a deviation and moved, again and
+    again."""
+    levels = [100 if s.level is None else s.level
+              for c in caps for s in c.steps if s.start < end and start < s.end]
+    if not levels:
+        return state
+    ceiling = state.device.rated_import_kw * min(levels) / 100
+    return dataclasses.replace(state, flex_up_kw=max(0.0, min(state.flex_up_kw,
+                                                              ceiling - state.current_kw)))
 
 
 def resumed(device: Device, beneath: Plan | None, start: datetime, end: datetime
@@ -161,11 +188,18 @@ def _merged(steps: Iterable[PlanStep]) -> tuple[PlanStep, ...]:
 
 
 def _capped(cap: PlanStep, under: PlanStep | None, device: Device, start: datetime,
-            end: datetime) -> PlanStep:
+            end: datetime, uncontrolled_kw: float | None) -> PlanStep:
     level = 100 if cap.level is None else cap.level
     out = dataclasses.replace(cap, start=start, end=end)
     if under is None:
         return out
+    if uncontrolled_kw is not None and device.rated_export_kw > 0 \
+            and under.mode in (Mode.CHARGE, Mode.DISCHARGE):
+        power = under.power_kw or 0.0
+        asked = uncontrolled_kw + (power if under.mode is Mode.CHARGE else -power)
+        ceiling = device.rated_import_kw * level / 100
+        return dataclasses.replace(under, start=start, end=end) if asked <= ceiling \
+            else _at_meter(device, ceiling, uncontrolled_kw, start, end)
     if under.mode is Mode.LIMIT:
         return dataclasses.replace(out, level=min(level, 100 if under.level is None
                                                   else under.level))
@@ -191,15 +225,22 @@ def dispatch_step(device: Device, share: Share | None, start: datetime, end: dat
             device.capacity_kwh > 0 else PlanStep(mode=Mode.LIMIT, start=start, end=end, level=100)
     expected = share.expected_kw
     if storage:
-        expected -= uncontrolled_kw
-        if expected >= 0:
-            return PlanStep(mode=Mode.CHARGE, start=start, end=end,
-                            power_kw=round(min(expected, device.rated_import_kw), 3))
-        return PlanStep(mode=Mode.DISCHARGE, start=start, end=end,
-                        power_kw=round(min(-expected, device.rated_export_kw), 3))
+        return _at_meter(device, expected, uncontrolled_kw, start, end)
     rated = device.rated_import_kw
     level = 0 if rated <= 0 else round(100 * min(max(expected, 0.0), rated) / rated)
     return PlanStep(mode=Mode.LIMIT, start=start, end=end, level=level)
+
+
+def _at_meter(device: Device, meter_kw: float, uncontrolled_kw: float, start: datetime,
+              end: datetime) -> PlanStep:
+    """The battery step that brings a storage site's meter to `meter_kw` over the import behind
+    it that no plan moves."""
+    battery = meter_kw - uncontrolled_kw
+    if battery >= 0:
+        return PlanStep(mode=Mode.CHARGE, start=start, end=end,
+                        power_kw=round(min(battery, device.rated_import_kw), 3))
+    return PlanStep(mode=Mode.DISCHARGE, start=start, end=end,
+                    power_kw=round(min(-battery, device.rated_export_kw), 3))
 
 
 def dispatch_plan(device: Device, steps: Sequence[PlanStep], *, signal: GridSignal,
@@ -219,13 +260,16 @@ def interval_target(signal: GridSignal, value: float, current_kw: float) -> floa
 
 
 def _dispatch(signal: GridSignal, views: Sequence[DeviceView], *, sequences: Mapping[str, int],
-              issuer: str, rng: random.Random) -> SignalPlans:
-    states = [v.state for v in views]
-    current = sum(s.current_kw for s in states)
+              issuer: str, rng: random.Random, caps: Mapping[str, Sequence[Plan]]
+              ) -> SignalPlans:
+    current = sum(v.state.current_kw for v in views)
     allocations = []
     for interval in signal.intervals:
         target = interval_target(signal, interval.value, current)
-        allocations.append((interval, allocate(target, states)))
+        end = interval.end or interval.start + OPEN_END
+        allocations.append((interval, allocate(target, [
+            within_caps(v.state, caps.get(v.state.device.device_id, ()), interval.start, end)
+            for v in views])))
     planned = []
     for view in views:
         device = view.state.device

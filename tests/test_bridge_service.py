@@ -14,7 +14,7 @@ from sqlmodel import create_engine
 from bridge.channel import Dispatch
 from bridge.models import Channel, Device, Mode, Plan
 from bridge.service import Bridge
-from bridge.store import BridgeStore, PlanStatus
+from bridge.store import BridgeStore, PlanRecord, PlanStatus
 from bridge.cmb_client import CmbUnavailable
 from bridge.streams import DispatchResult, Outcome
 from policies.dispatch import DeviceState
@@ -422,3 +422,82 @@ async def test_a_withdrawn_cap_hands_its_devices_back_to_their_price_plans(
         # the price plan's own steps over the cap's hour, not "no limit"
         assert spans(r.plan) == [(s, min(e, hour), m, p, lv)
                                  for s, e, m, p, lv in spans(price) if s < hour]
+
+
+async def test_after_a_restart_a_cap_still_keeps_the_price_plan_beneath_and_hands_back_to_it(
+        ) -> None:
+    # The same cap and withdrawal, once on a bridge that ran throughout and once on bridges
+    # restarted before each, which know the price plans only from the store.
+    cap = signal("SIMPLE", "level", 2, 2, resources=("hubless",))
+
+    def started(store: BridgeStore) -> Bridge:
+        out = Outlet()
+        return Bridge(FLEET, store, out, Devices(out), flat_forecast, clock=lambda: T0, seed=1)
+
+    def steps(records: Sequence[PlanRecord]) -> dict[str, list[object]]:
+        return {r.plan.device_id: [r.plan.sequence, *spans(r.plan)] for r in records}
+
+    throughout = started(BridgeStore(create_engine("sqlite://")))
+    priced = {r.plan.device_id: r.plan for r in await throughout.update("agg", [hubless_prices()])}
+    capped = steps(await throughout.update("agg", [hubless_prices(), cap]))
+    released = steps(await throughout.update("agg", [hubless_prices()]))
+    bare = await started(BridgeStore(create_engine("sqlite://"))).update("agg", [cap])
+    assert steps(bare) != capped  # the price plan beneath changes the cap's plans
+
+    store = BridgeStore(create_engine("sqlite://"))
+    await started(store).update("agg", [hubless_prices()])
+    assert steps(await started(store).update("agg", [hubless_prices(), cap])) == capped
+    assert steps(await started(store).update("agg", [hubless_prices()])) == released
+    hour = T0 + 60 * M
+    assert {d: s[1:] for d, s in released.items()} == {
+        d: [(s, min(e, hour), m, p, lv) for s, e, m, p, lv in spans(price) if s < hour]
+        for d, price in priced.items()}
+
+
+async def test_withdrawing_a_price_plan_after_its_cap_ends_hands_back_to_the_day_job(
+        bridge: Bridge) -> None:
+    # The cap's withdrawal handed the batteries back to their price plans; withdrawing those
+    # must not hand them back to the price plan again (it is gone), but to their day job.
+    cap = signal("SIMPLE", "level", 2, 2, resources=("hubless",))
+    await bridge.update("agg", [hubless_prices()])
+    await bridge.update("agg", [hubless_prices(), cap])
+    await bridge.update("agg", [hubless_prices()])
+    released = await bridge.update("agg", [])
+    assert released and all(
+        [s.mode for s in r.plan.steps] == [Mode.BALANCE] for r in released)
+
+
+async def test_a_dispatch_during_a_cap_keeps_under_it(bridge: Bridge) -> None:
+    # A 50 % cap on the 3 kW heaters for the hour (a network constraint), then a dispatch (a grid
+    # service) that turns them up for the first half hour and sheds them in the second. Capped,
+    # they draw what the cap allows: the turn-up finds no headroom (shortfall, no shares, the
+    # cap kept), the shed keeps its lower import.
+    cap = signal("LOAD_CONTROL", "x-loadControlCapacity", 0.5, 0.5)
+    dispatch = dataclasses.replace(signal("LOAD_DISPATCH", "delta", 2.0, -4.0, unit="kW"),
+                                   event_id="e2")
+    (level,) = {s.level for r in await bridge.update("agg", [cap]) for s in r.plan.steps}
+    records = await bridge.update("agg", [cap, dispatch])
+    key, window = next(iter(bridge._windows.items()))
+    (_, up), (_, down) = window.allocations
+    assert up.shares == {} and up.shortfall_kw == pytest.approx(2.0)
+
+    def shed(device_id: str) -> int:
+        """The level the shed asks of the heater."""
+        share = down.shares[device_id]
+        return round(100 * share.expected_kw / bridge._by_id[device_id].rated_import_kw)
+
+    assert len(records) == 5
+    for r in records:
+        assert shed(r.plan.device_id) < level
+        assert [s.level for s in r.plan.steps] == [level, shed(r.plan.device_id)]
+    # The heaters do what they were told: nothing to move, nothing sent again.
+    assert await bridge._redispatch(key, window) == []
+    # Re-dispatched when a heater is lost, the others take its share of the shed and keep the
+    # cap where the turn-up would have lifted it.
+    bridge.unavailable.add("agg/tanks/0")
+    moved = await bridge._redispatch(key, window)
+    (_, down) = window.allocations[1]
+    assert len(moved) == 5
+    for r in moved:
+        if r.plan.device_id != "agg/tanks/0":
+            assert [s.level for s in r.plan.steps] == [level, shed(r.plan.device_id)]

@@ -193,3 +193,50 @@ def test_a_plan_made_under_a_cap_keeps_under_it_and_a_withdrawn_plan_resumes_the
         (0, 20, Mode.LIMIT, None, 100), (20, 30, Mode.CHARGE, 7.0, None)]
     assert spread(dataclasses.replace(late, steps=resumed(EV, None, T0, T0 + 30 * M))) == [
         (0, 30, Mode.LIMIT, None, 100)]
+
+
+def test_a_dispatch_keeps_under_a_cap_a_shed_the_lower_import_a_turn_up_cut_to_the_cap(
+        ) -> None:
+    cap = plans(capacity(0.5, 0.5, 0.5, resources=("tanks",)),
+                {"tank-1": view(TANK, current=3.0, down=3.0)}).plans[0].plan  # 50 %, 0-30
+    # A heater's dispatch: a turn-up (80 %), a shed (20 %), a turn-up running past the cap.
+    heater = steps_of(TANK, (0, 10, Mode.LIMIT, None, 80), (10, 20, Mode.LIMIT, None, 20),
+                      (20, 40, Mode.LIMIT, None, 100))
+    assert spread(under_cap(heater, cap, TANK, uncontrolled_kw=0.0)) == [
+        (0, 10, Mode.LIMIT, None, 50), (10, 20, Mode.LIMIT, None, 20),
+        (20, 30, Mode.LIMIT, None, 50), (30, 40, Mode.LIMIT, None, 100)]
+    # A storage site (5 kW rated: the cap lets its meter import 2.5 kW) with 1 kW of household
+    # load behind the meter: a discharge (-1 kW at the meter) and a small charge (2 kW) import
+    # less than the cap and stay; a 4 kW charge (5 kW) is cut to 1.5 kW (2.5 kW at the meter).
+    site = dataclasses.replace(cap, device_id="bat-1")
+    dispatch = steps_of(STORE, (0, 10, Mode.DISCHARGE, 2.0, None),
+                        (10, 20, Mode.CHARGE, 1.0, None), (20, 40, Mode.CHARGE, 4.0, None))
+    kept = [(0, 10, Mode.DISCHARGE, 2.0, None), (10, 20, Mode.CHARGE, 1.0, None),
+            (20, 30, Mode.CHARGE, 1.5, None)]
+    assert spread(under_cap(dispatch, site, STORE, uncontrolled_kw=1.0)) == [
+        *kept, (30, 40, Mode.CHARGE, 4.0, None)]
+    # The same whichever came first: a cap over the dispatch.
+    assert spread(cap_over(site, dispatch, STORE, uncontrolled_kw=1.0)) == kept
+    # With 4 kW of household load, the cap's import needs the battery to discharge 1.5 kW.
+    assert spread(under_cap(steps_of(STORE, (0, 10, Mode.CHARGE, 1.0, None)), site, STORE,
+                            uncontrolled_kw=4.0)) == [(0, 10, Mode.DISCHARGE, 1.5, None)]
+    # A price plan's discharge is not sized at the meter: the site takes the cap's peak shaving.
+    assert spread(under_cap(dispatch, site, STORE))[0] == (0, 10, Mode.LIMIT, None, 50)
+    assert validate(under_cap(dispatch, site, STORE, uncontrolled_kw=4.0), STORE) == []
+
+
+def test_a_dispatch_shares_no_turn_up_beyond_a_cap_on_a_device() -> None:
+    # Two 3 kW tanks drawing 1 kW; one is capped at 50 % (1.5 kW) over the first 10 minutes.
+    tanks = [dataclasses.replace(TANK, device_id=f"tank-{i}") for i in range(2)]
+    views = {d.device_id: view(d, current=1.0, down=1.0, up=2.0) for d in tanks}
+    cap = plans(capacity(0.5, resources=("tanks",)), views).plans[0].plan
+    sig = dataclasses.replace(signal("LOAD_DISPATCH", "delta", 2.0, 2.0), unit="kW")
+    result = plans_for_signal(sig, views, sequences=dict.fromkeys(views, 5), issuer="agg",
+                              now=T0, rng=random.Random(1), forecast=flat,
+                              caps={"tank-0": [cap]})
+    (_, capped), (_, after) = result.allocations
+    assert cap.end == T0 + 10 * M and capped.delivered_kw == pytest.approx(2.0)
+    # under the cap, tank-0 can rise 0.5 kW (to 1.5 kW), tank-1 its 2 kW: shared 1 : 4
+    assert capped.shares["tank-0"].kw == pytest.approx(0.4)
+    assert capped.shares["tank-0"].expected_kw <= 1.5
+    assert after.shares["tank-0"].kw == pytest.approx(1.0)  # the cap has ended
