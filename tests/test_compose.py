@@ -118,7 +118,8 @@ def parses(argv: list[str]) -> bool:
 
 def test_every_adrgate_service_and_health_check_is_a_real_adrgate_command() -> None:
     services = adrgate_services(load_compose())
-    assert {"vtn-a", "vtn-b", "fleet", "devices", "worker-sapc", "worker-hub"} <= services.keys()
+    assert {"vtn-a", "vtn-b", "fleet", "devices", "worker-sapc", "worker-hub", "worker-ocpp",
+            "worker-2030-5"} <= services.keys()
     for name, service in services.items():
         command, check = service["command"], service["healthcheck"]["test"]
         assert command[0] == "adrgate" and parses(command[1:]), name
@@ -223,6 +224,7 @@ class Deployment:
     database_url: str
     redis_url: str
     ports: dict[str, int] = field(default_factory=dict)  # service with a port -> local port
+    more_ports: dict[tuple[str, str], int] = field(default_factory=dict)  # (service, its port)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)  # still running
     started: list[str] = field(default_factory=list)
 
@@ -231,6 +233,9 @@ class Deployment:
         self.fleet_file = self.workdir / fleet.name
         self.ports = {name: free_port() for name, s in adrgate_services(self.doc).items()
                       if s.get("ports") or s.get("expose")}
+        self.more_ports = {(name, str(inside)): free_port()
+                           for name, s in adrgate_services(self.doc).items()
+                           for inside in (s.get("expose") or [])[1:]}
         self.fleet_file.write_text(self.localize(fleet.read_text()))
 
     @staticmethod
@@ -244,12 +249,13 @@ class Deployment:
         value = re.sub(r"postgresql\+psycopg://[^@\s\"]+@postgres:5432/\w+", self.database_url,
                        value)
         value = re.sub(r"redis://redis:6379/\d+", self.redis_url, value)
-        if service in self.ports:
-            inside = self.container_port(self.doc["services"][service])
-            for own in ("127.0.0.1", "0.0.0.0"):
-                value = value.replace(f"{own}:{inside}", f"127.0.0.1:{self.ports[service]}")
-        for name, port in self.ports.items():
-            inside = self.container_port(self.doc["services"][name])
+        mapped = [(name, self.container_port(self.doc["services"][name]), port)
+                  for name, port in self.ports.items()]
+        mapped += [(name, inside, port) for (name, inside), port in self.more_ports.items()]
+        for name, inside, port in mapped:
+            if name == service:
+                for own in ("127.0.0.1", "0.0.0.0"):
+                    value = value.replace(f"{own}:{inside}", f"127.0.0.1:{port}")
             value = value.replace(f"{name}:{inside}", f"127.0.0.1:{port}")
         return value.replace("docs/fleet.compose.toml", str(self.fleet_file))
 

@@ -36,6 +36,7 @@ from ocpp.exceptions import OCPPError
 from ocpp.v16 import call, call_result, datatypes, enums
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from bridge.channel import Command, CommandBook, Setpoint
 from bridge.models import Mode
@@ -272,6 +273,11 @@ class ChargePointSim:
             else enums.ChargePointStatus.suspended_evse
 
     # -- the wire -----------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """On an open connection to a central system."""
+        return self.wire is not None and self.wire.connection.state is State.OPEN
 
     async def connect(self, central_url: str) -> None:
         """Connect as `<central_url>/<cp_id>`, boot, report status, start meter values.

@@ -54,7 +54,7 @@ class SimInverter:
         self.device = device
         self.book = book
         self.polls = 0
-        self._url = server_url
+        self.url = server_url  # the server it polls; may be re-pointed while it runs
         self._period_s = period_s
         self._rng = rng or random.Random(0)
         self._clock = clock
@@ -142,7 +142,7 @@ class SimInverter:
                                    endDeviceLFDI=lfdi(self.device.reach), status=status,
                                    subject=mrid)
         assert self._session is not None
-        async with self._session.post(f"{self._url}/edev/{self.device.reach}/rsp",
+        async with self._session.post(f"{self.url}/edev/{self.device.reach}/rsp",
                                       data=response.to_xml(skip_empty=True),
                                       headers={"Content-Type": CONTENT_TYPE}) as r:
             r.raise_for_status()
@@ -150,7 +150,7 @@ class SimInverter:
 
     async def _get(self, path: str) -> bytes:
         assert self._session is not None, "start() first"
-        async with self._session.get(f"{self._url}{path}", headers={"Accept": CONTENT_TYPE}) as r:
+        async with self._session.get(f"{self.url}{path}", headers={"Accept": CONTENT_TYPE}) as r:
             r.raise_for_status()
             return await r.read()
 

@@ -13,7 +13,7 @@ One `CommandBook` records what every device was told, whatever the channel; the 
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -72,9 +72,6 @@ async def start_world(devices: Sequence[Device], stack: AsyncExitStack, *, start
     world = World(book=book, drivers={},
                   physics=SimulatedFleet(devices, book, start=start, seed=options.seed))
 
-    def on_close(close: Callable[[], Awaitable[object]]) -> None:
-        stack.push_async_callback(close)
-
     by_channel = {c: [d for d in devices if d.channel is c] for c in Channel}
     if sapc := by_channel[Channel.SAPC]:
         key = ec.generate_private_key(ec.SECP256R1())
@@ -83,45 +80,28 @@ async def start_world(devices: Sequence[Device], stack: AsyncExitStack, *, start
         world.drivers[Channel.SAPC] = sapc_driver(world.dcc.url, key, stack, clock=clock,
                                                   options=options)
     if evs := by_channel[Channel.OCPP]:
-        world.central = CentralSystem(response_timeout=options.channel_timeout_s)
-        await world.central.start()
-        on_close(world.central.aclose)
-        for d in evs:
-            cp = ChargePointSim(d.reach, book=book, rated_w=d.rated_import_kw * 1000,
-                                device_id=d.device_id, meter_interval=options.meter_interval_s,
-                                now=clock)
+        world.central, world.drivers[Channel.OCPP] = await ocpp_central(
+            stack, clock=clock, options=options)
+        world.charge_points = charge_points(evs, book, clock=clock, options=options)
+        for cp in world.charge_points.values():
             await cp.connect(world.central.url)
-            on_close(cp.aclose)
-            world.charge_points[d.reach] = cp
-        world.drivers[Channel.OCPP] = OcppDriver(world.central, now=clock)
+            stack.push_async_callback(cp.aclose)
     if batteries := by_channel[Channel.BATTERY_HUB]:
         world.hubs = await start_hubs(batteries, book, stack, rng=rng, clock=clock)
         world.drivers[Channel.BATTERY_HUB] = hub_driver(
             {name: Hub(url=hub.url, takes_plans=hub.takes_plans)
              for name, hub in world.hubs.items()}, stack, options=options)
     if inverters := by_channel[Channel.IEEE_2030_5]:
-        server = Ieee20305Server([d.reach for d in inverters],
-                                 poll_rate_s=max(1, round(options.inverter_poll_s)), clock=clock)
-        url = await server.start()
-        on_close(server.close)
-        world.ieee_server = server
-        for d in inverters:
-            inverter = SimInverter(url, d, book, period_s=options.inverter_poll_s, rng=rng,
-                                   clock=clock)
-            await inverter.start()
-            on_close(inverter.aclose)
-            world.inverters[d.reach] = inverter
-        world.drivers[Channel.IEEE_2030_5] = Ieee20305Driver(
-            server, ack_timeout_s=options.channel_timeout_s, clock=clock)
+        world.ieee_server, world.drivers[Channel.IEEE_2030_5] = await ieee_2030_5_server(
+            inverters, stack, clock=clock, options=options)
+        world.inverters = await start_inverters(inverters, book, world.ieee_server.url, stack,
+                                                rng=rng, clock=clock, options=options)
     return world
 
 
-# --- the channels whose devices serve and the drivers that reach them ------------------------
-# (SAPC through the DCC, battery hubs): `adrgate devices` runs the former, `adrgate worker` the
-# latter, in separate processes.
-
-SERVED_CHANNELS = frozenset({Channel.SAPC, Channel.BATTERY_HUB})
-
+# --- each channel's two sides, for `adrgate devices` and `adrgate worker` in separate processes
+# (adrgate/aggparts.py) as for start_world. SAPC and battery hubs: the devices serve, the driver
+# is their client. OCPP and IEEE 2030.5: the driver serves, the devices are its clients.
 
 def bridge_user(key: ec.EllipticCurvePublicKey, eui: str = BRIDGE_DCC_USER) -> ServiceUser:
     """The bridge as a DCC service user in the supplier role."""
@@ -172,3 +152,49 @@ def hub_driver(hubs: Mapping[str, Hub], stack: AsyncExitStack, *,
     driver = HubDriver(hubs, timeout_s=options.channel_timeout_s)
     stack.push_async_callback(driver.aclose)
     return driver
+
+
+async def ocpp_central(stack: AsyncExitStack, *, clock: Callable[[], datetime],
+                       options: WorldOptions, host: str = "127.0.0.1", port: int = 0
+                       ) -> tuple[CentralSystem, OcppDriver]:
+    """The bridge's central system serving on `host`:`port` (0: any free port), its driver."""
+    central = CentralSystem(host=host, port=port, response_timeout=options.channel_timeout_s)
+    await central.start()
+    stack.push_async_callback(central.aclose)
+    return central, OcppDriver(central, now=clock)
+
+
+def charge_points(evs: Sequence[Device], book: CommandBook, *, clock: Callable[[], datetime],
+                  options: WorldOptions) -> dict[str, ChargePointSim]:
+    """A simulated charge point per EV device, by charge point id; not connected yet."""
+    return {d.reach: ChargePointSim(d.reach, book=book, rated_w=d.rated_import_kw * 1000,
+                                    device_id=d.device_id,
+                                    meter_interval=options.meter_interval_s, now=clock)
+            for d in evs}
+
+
+async def ieee_2030_5_server(inverters: Sequence[Device], stack: AsyncExitStack, *,
+                             clock: Callable[[], datetime], options: WorldOptions,
+                             host: str = "127.0.0.1", port: int = 0
+                             ) -> tuple[Ieee20305Server, Ieee20305Driver]:
+    """The bridge's DERControl server for `inverters` on `host`:`port`, its driver."""
+    server = Ieee20305Server([d.reach for d in inverters],
+                             poll_rate_s=max(1, round(options.inverter_poll_s)), clock=clock)
+    await server.start(host=host, port=port)
+    stack.push_async_callback(server.close)
+    return server, Ieee20305Driver(server, ack_timeout_s=options.channel_timeout_s, clock=clock)
+
+
+async def start_inverters(inverters: Sequence[Device], book: CommandBook, url: str,
+                          stack: AsyncExitStack, *, rng: random.Random,
+                          clock: Callable[[], datetime], options: WorldOptions
+                          ) -> dict[str, SimInverter]:
+    """A simulated inverter per device, by its address, polling the server at `url`."""
+    started: dict[str, SimInverter] = {}
+    for d in inverters:
+        inverter = SimInverter(url, d, book, period_s=options.inverter_poll_s, rng=rng,
+                               clock=clock)
+        await inverter.start()
+        stack.push_async_callback(inverter.aclose)
+        started[d.reach] = inverter
+    return started
