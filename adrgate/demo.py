@@ -165,7 +165,7 @@ async def _main(args: argparse.Namespace, say: Callable[[str], None]) -> int:
         log = await script.play()
         summary = summarize(stack.vtn, {a.name: BridgeStore(a.engine)
                                         for a in stack.aggregators},
-                            log.events, log.attack_plans)
+                            log.events, log.attack_plans, as_of=clock())
         script_log = {"events": log.events, "failed": log.failed,
                       "failed_at": log.failed_at, "attack_plans": log.attack_plans,
                       "override_id": log.override_id}

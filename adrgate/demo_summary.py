@@ -36,6 +36,7 @@ class Row:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Summary:
+    as_of: datetime  # the day's end: plans made and commands acknowledged until then count
     rows: list[Row]
     alerts: list[dict[str, Any]] = field(default_factory=list)
     overrides: list[dict[str, Any]] = field(default_factory=list)
@@ -45,8 +46,10 @@ class Summary:
 
 
 def summarize(vtn: VtnStore, bridges: Mapping[str, BridgeStore],
-              roles: Mapping[str, str], attack_plans: Sequence[str]) -> Summary:
-    """`roles`: label -> VTN event id, in table order; `attack_plans`: the injected plans."""
+              roles: Mapping[str, str], attack_plans: Sequence[str], *,
+              as_of: datetime) -> Summary:
+    """`roles`: label -> VTN event id, in table order; `attack_plans`: the injected plans. The
+    devices go on after the day; what comes after `as_of` is not counted."""
     cmb = CmbStore(vtn.engine)
     events: dict[str, tuple[str, datetime | None]] = {
         label: (event_id, None) for label, event_id in roles.items()}
@@ -54,15 +57,15 @@ def summarize(vtn: VtnStore, bridges: Mapping[str, BridgeStore],
         event_id = f"cmb-{entry.override.override_id}"
         if vtn.get_event(event_id) is not None:  # its window ends when the override is lifted
             events[f"CMB override {entry.override.level} %"] = (event_id, entry.override.lifted)
-    rows = [_event_row(label, event_id, until, vtn, bridges, cmb)
+    rows = [_event_row(label, event_id, until, vtn, bridges, cmb, as_of)
             for label, (event_id, until) in events.items()]
     if attack_plans:  # plans no event asked for: no VEN, no window
         ids = set(attack_plans)
         plans = [r for b in bridges.values() for r in b.plans() if r.plan.plan_id in ids]
-        rows.append(_plans_row("attack (injected)", None, plans, bridges, cmb, vens=0,
+        rows.append(_plans_row("attack (injected)", None, plans, bridges, cmb, as_of, vens=0,
                                opt_ins=0, window=None))
     return Summary(
-        rows=rows,
+        as_of=as_of, rows=rows,
         alerts=[{"monitor": a.monitor, "aggregator": a.aggregator, "area": a.network_area,
                  "value": a.value, "threshold": a.threshold, "at": a.at.isoformat()}
                 for a in reversed(cmb.alerts())],
@@ -76,7 +79,7 @@ def summarize(vtn: VtnStore, bridges: Mapping[str, BridgeStore],
 
 
 def _event_row(label: str, event_id: str, until: datetime | None, vtn: VtnStore,
-               bridges: Mapping[str, BridgeStore], cmb: CmbStore) -> Row:
+               bridges: Mapping[str, BridgeStore], cmb: CmbStore, as_of: datetime) -> Row:
     deliveries = [d for d in vtn.deliveries_for_event(event_id) if not d.removed]
     record = vtn.get_event(event_id)
     window = None
@@ -86,19 +89,20 @@ def _event_row(label: str, event_id: str, until: datetime | None, vtn: VtnStore,
             else until
         window = (period.dtstart, end)
     plans = [r for b in bridges.values() for r in b.plans(event_id=event_id)]
-    return _plans_row(label, event_id, plans, bridges, cmb, vens=len(deliveries),
+    return _plans_row(label, event_id, plans, bridges, cmb, as_of, vens=len(deliveries),
                       opt_ins=sum(d.opt_type is OptType.OPT_IN for d in deliveries),
                       window=window)
 
 
 def _plans_row(label: str, event_id: str | None, plans: Sequence[PlanRecord],
-               bridges: Mapping[str, BridgeStore], cmb: CmbStore, *, vens: int, opt_ins: int,
-               window: tuple[datetime, datetime | None] | None) -> Row:
+               bridges: Mapping[str, BridgeStore], cmb: CmbStore, as_of: datetime, *,
+               vens: int, opt_ins: int, window: tuple[datetime, datetime | None] | None) -> Row:
+    plans = [r for r in plans if r.created <= as_of]
     sent = Counter(r.device.channel.value for r in plans
                    if r.status in (PlanStatus.DISPATCHED, PlanStatus.SUPERSEDED))
     ids = [r.plan.plan_id for r in plans]
     acked = Counter(o.channel.value for b in bridges.values() for o in b.outcomes(ids)
-                    if o.outcome is Outcome.DELIVERED)
+                    if o.outcome is Outcome.DELIVERED and o.finished_at <= as_of)
     verdicts = [j.verdict for r in plans for j in cmb.verdicts(plan_id=r.plan.plan_id, limit=1)]
     requested = delivered = None
     if window is not None and event_id is not None:
