@@ -54,10 +54,11 @@ class Harness:
             await self._session.close()
 
     def available(self) -> frozenset[str]:
-        """Capabilities this run has: "hook" (and "report-hook" when the hook can cancel report
-        requests), "signing", "push" (a listener), "tls" (an https target)."""
+        """Capabilities this run has: "pull" (always), "push" (a listener), "hook" (and
+        "report-hook" when the hook can cancel report requests), "signing", "tls" (an https
+        target)."""
         hook = self.target.hook
-        present = {"hook": hook is not None, "report-hook": isinstance(hook, ReportHook),
+        present = {"pull": True, "hook": hook is not None, "report-hook": isinstance(hook, ReportHook),
                    "signing": self.target.signing_key is not None,
                    "push": self._listener is not None,
                    "tls": self.target.url.lower().startswith("https://")}

@@ -55,7 +55,7 @@ from . import asven_tls as tls
 from . import vtn_rules
 from .asven_wire import VenContext, new_id
 from .hooks import EventRequest, HookRefused, SignalRequest
-from .model import Case, Direction, Failure, Family, Role, Transport
+from .model import Case, Direction, Failure, Family, Role, Transport, twins
 
 REDELIVERY_POLLS = 5  # poll periods within which an unanswered event must come again
 MARKET = "http://campaign.adrgate.example/programs/"
@@ -553,12 +553,8 @@ async def legacy_tls(ctx: VenContext) -> None:
 def _cases(family: Family, number: int, title: str, intent: str, run: CaseRun, *,
            needs: frozenset[str] = frozenset(),
            transports: tuple[Transport, ...] = (Transport.PULL,)) -> Iterator[Case]:
-    for transport in transports:
-        yield Case(case_id=f"{family.value}{transport.digit}_{number:04d}", family=family,
-                   role=Role.VTN, transport=transport,
-                   title=title + (" (push)" if transport is Transport.PUSH else ""),
-                   intent=intent, run=run,
-                   needs=needs | ({"push"} if transport is Transport.PUSH else set()))
+    return twins(Role.VTN, family, number, title, intent, run, transports=transports,
+                 needs=needs)
 
 
 BOTH = (Transport.PULL, Transport.PUSH)

@@ -33,7 +33,7 @@ from oadr.messages import (
 
 from . import ven_rules
 from .asvtn_harness import VtnContext
-from .model import Case, Direction, Family, Role, Transport
+from .model import Case, Direction, Family, Role, Transport, twins
 
 MARKET: Final = "http://adrgate.campaign/programs/a"
 MARKET_B: Final = "http://adrgate.campaign/programs/b"
@@ -646,11 +646,9 @@ _SPECS: Final = (
 
 
 def _cases(specs: Sequence[_Spec]) -> tuple[Case, ...]:
-    return tuple(
-        Case(case_id=f"{s.family.value}{t.digit}_{s.number:04d}", family=s.family, role=Role.VEN,
-             transport=t, title=s.title, intent=s.intent, run=s.run,
-             needs=s.needs | {t.value})
-        for t in BOTH for s in specs if t in s.transports)
+    return tuple(case for t in BOTH for s in specs if t in s.transports
+                 for case in twins(Role.VEN, s.family, s.number, s.title, s.intent, s.run,
+                                   transports=(t,), needs=s.needs))
 
 
 CASES: Final = _cases(_SPECS)

@@ -10,7 +10,7 @@ ERROR, never the campaign.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -84,7 +84,18 @@ class Case:
     title: str
     intent: str  # one sentence: what the case proves about the peer
     run: Callable[[Any], Awaitable[None]]  # receives the role's Context subclass
-    needs: frozenset[str] = frozenset()  # capabilities: "hook", "tls", "signing", "push"
+    needs: frozenset[str] = frozenset()  # capabilities: "pull", "push", "hook", "tls", "signing"
+
+
+def twins(role: Role, family: Family, number: int, title: str, intent: str,
+          run: Callable[[Any], Awaitable[None]], *, transports: tuple[Transport, ...],
+          needs: frozenset[str] = frozenset()) -> Iterator[Case]:
+    """The cases of one case function, one per transport: the test plan's digit in the id, and
+    the transport among what the case needs (a run has "pull" or "push" when it can use it)."""
+    for t in transports:
+        yield Case(case_id=f"{family.value}{t.digit}_{number:04d}", family=family, role=role,
+                   transport=t, title=title + (" (push)" if t is Transport.PUSH else ""),
+                   intent=intent, run=run, needs=needs | {t.value})
 
 
 @dataclass(slots=True)
