@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from bridge.kinds import Channel
 
+from .args import address
 from .settings import Settings
 
 if TYPE_CHECKING:  # the channels' libraries are imported by the commands that run them
@@ -67,7 +68,7 @@ def register(sub: Any) -> None:
                     "POST /dcc/users registers a DCC user's public key, POST /servers a "
                     "worker's OCPP central system or IEEE 2030.5 server.")
     _fleet_args(dev)
-    dev.add_argument("--listen", type=_address, default=("127.0.0.1", DEVICES_PORT),
+    dev.add_argument("--listen", type=address, default=("127.0.0.1", DEVICES_PORT),
                      metavar="HOST:PORT",
                      help=f"the API's address; the simulators listen on HOST too "
                           f"(default 127.0.0.1:{DEVICES_PORT})")
@@ -84,15 +85,15 @@ def register(sub: Any) -> None:
     wrk.add_argument("--channel", required=True, choices=[c.value for c in Channel])
     wrk.add_argument("--devices", required=True, metavar="URL",
                      help="the devices service, e.g. http://devices:8090")
-    wrk.add_argument("--listen", type=_address, default=("127.0.0.1", WORKER_PORT),
+    wrk.add_argument("--listen", type=address, default=("127.0.0.1", WORKER_PORT),
                      metavar="HOST:PORT", help=f"health endpoint (default 127.0.0.1:{WORKER_PORT})")
     wrk.add_argument("--dcc-key", type=Path, metavar="KEY.pem",
                      help="sapc: the bridge's DCC user key (ECDSA P-256, PEM), registered at "
                           "the devices service's DCC; default a new key per start")
-    wrk.add_argument("--server", type=_address, default=("127.0.0.1", 0), metavar="HOST:PORT",
+    wrk.add_argument("--server", type=address, default=("127.0.0.1", 0), metavar="HOST:PORT",
                      help="ocpp, ieee_2030_5: where the driver's central system / DERControl "
                           "server listens (default 127.0.0.1, any free port)")
-    wrk.add_argument("--advertise", type=_address, metavar="HOST:PORT",
+    wrk.add_argument("--advertise", type=address, metavar="HOST:PORT",
                      help="ocpp, ieee_2030_5: where the devices service reaches that server, "
                           "registered there (default the --server host and its bound port)")
     wrk.set_defaults(handler=_handler(_worker))
@@ -113,13 +114,6 @@ def register(sub: Any) -> None:
 def _fleet_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fleet", type=Path, required=True, metavar="FILE", help="fleet file (TOML)")
     p.add_argument("--data-dir", type=Path, help="data directory (ADRGATE_DATA_DIR)")
-
-
-def _address(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"{value!r}: expected HOST:PORT")
-    return host, int(port)
 
 
 def _handler(run: Callable[[argparse.Namespace, Settings], Awaitable[None] | None]

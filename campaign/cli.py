@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 
 from adrgate import tls
+from adrgate.args import address
 from oadr.signing import SigningKey
 
 from .context import Context
@@ -146,14 +147,6 @@ def _case_ids(text: str) -> list[str]:
     return [c.strip() for c in text.split(",") if c.strip()]
 
 
-def _address(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:8081)")
-    return host, int(port)
-
-
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -191,7 +184,7 @@ def register(sub: Any) -> None:
     r.add_argument("--target", metavar="URL",
                    help="role vtn: the VTN's OpenADR base URL, to which the service names "
                         "are appended (e.g. http://127.0.0.1:8080/OpenADR2/Simple/2.0b)")
-    r.add_argument("--listen", type=_address, metavar="HOST:PORT",
+    r.add_argument("--listen", type=address, metavar="HOST:PORT",
                    help="role ven: where our VTN listens for the VEN under test")
     _selection(r, transport_default="pull for role vtn; both for role ven, where the VEN's "
                                     "registration decides and the other transport's cases "
@@ -220,7 +213,7 @@ def register(sub: Any) -> None:
     act.add_argument("--prompt", action="store_true",
                      help="role ven: ask the operator on this terminal to make the VEN under "
                           "test act (press Enter when done)")
-    act.add_argument("--push-listen", type=_address, metavar="HOST:PORT",
+    act.add_argument("--push-listen", type=address, metavar="HOST:PORT",
                      help="role vtn, push cases: where our VEN listens for the VTN's pushes; "
                           "https with mutual TLS when --cert, --key and --ca are given (the "
                           "listener serves --cert)")
